@@ -1,0 +1,346 @@
+"""Run configuration: typed dataclass sections loaded strictly from YAML.
+
+A run is one YAML file (optionally with a single ``base:`` include) plus ``--set a.b=c``
+overrides. Every key is checked against the dataclasses below: an unknown key or a value of
+the wrong type raises :class:`ConfigError` whose message names the file and the dotted key.
+Entry points turn that error into one line on stderr and exit status 2.
+
+YAML is read with ``yaml.safe_load``: configs never execute code and never name classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+# Where the default synthetic corpus lives when a config leaves data.root relative.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and dotted key."""
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass(kw_only=True)
+class SyntheticConfig:
+    """The embedded how2-synth corpus, generated when ``data.root`` does not exist yet."""
+
+    enabled: bool = True
+    seed: int = 0
+    size: Literal["tiny", "default", "large"] = "default"
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """HowTo100M-format training corpus and the clip sampling of the MIL-NCE aligner."""
+
+    root: str = "data/how2-synth"  # relative paths resolve against the repository root
+    train_csv: str = "train.csv"  # column video_path, relative to video_root
+    video_root: str = ""  # "" = the folder holding train_csv
+    caption_root: str = "captions"  # <caption_root>/<video_id>.csv with start,end,text
+    shard_root: str = ""  # packed shards (scripts/shard_howto.py); "" = decode raw files
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    num_frames: int = 16
+    fps: float = 5.0
+    video_size: int = 112  # crop side after resizing the short side
+    num_candidates: int = 4  # K captions per clip (MIL-NCE)
+    min_time: float = 5.0  # clip span is widened to at least this many seconds
+    max_words: int = 20
+    batch_size: int = 16  # videos per rank per step
+    num_workers: int = 2
+    decoder: Literal["pyav", "ffmpeg", "decord", "torchcodec"] = "pyav"
+
+
+@dataclass(kw_only=True)
+class VideoTowerConfig:
+    preset: str = "vit_tiny"  # see mmpt_lite.models.build for the valid names
+    init_from: str = ""  # checkpoint whose video encoder initialises this tower
+    freeze: bool = False
+
+
+@dataclass(kw_only=True)
+class TextTowerConfig:
+    kind: Literal["word2vec", "transformer"] = "word2vec"
+    path: str = ""  # word2vec file / dictionary, or a local transformers folder ("" = bundled MiniLM)
+    vocab_size: int = 66250
+    word_dim: int = 300
+    hidden_dim: int = 2048
+    train_word2vec: bool = True  # for the synthetic demo: fit gensim word2vec on the corpus captions
+    freeze: bool = False
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    video: VideoTowerConfig = field(default_factory=VideoTowerConfig)
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    embed_dim: int = 512
+
+
+@dataclass(kw_only=True)
+class LossConfig:
+    name: Literal["milnce", "infonce"] = "milnce"
+    temperature: float = 0.07  # infonce only; MIL-NCE uses raw dot products
+    learn_temperature: bool = False
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+    grad_clip: float = 0.0  # 0 = no clipping
+    accum_steps: int = 1
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    output_dir: str = "runs/how2_pretrain"
+    max_steps: int = 100
+    epochs: int = 0  # >0: derive max_steps from the epoch size
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 50
+    keep_last: int = 3
+    resume: str = "auto"  # auto | none | path to a checkpoint folder
+    max_nonfinite: int = 5  # stop after this many non-finite losses in a row
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 on GPU, fp32 on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    every_steps: int = 0  # 0 = only at the end
+    msrvtt_root: str = ""  # "" = the synthetic set under data.root
+    num_windows_test: int = 4
+    num_frames: int = 16
+    fps: float = 5.0
+    video_size: int = 112
+    batch_size: int = 16
+
+
+@dataclass(kw_only=True)
+class LaunchConfig:
+    nproc_local_small: int = 2
+    nproc_local_big: int = 8
+    nodes: int = 1
+    gpus_per_node: int = 8
+    cpus_per_task: int = 10
+    mem: str = "0"  # slurm --mem; "0" = all of the node's memory
+    time: str = "72:00:00"
+    partition: str = ""
+    account: str = ""
+    job_name: str = "mmpt_lite"
+    master_port: int = 29500
+    script_dir: str = "runs/slurm"
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+
+# --------------------------------------------------------------------------- validation
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Return ``value`` checked against annotation ``tp``; raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping (section), got {type(value).__name__}")
+        return _build(tp, value, where)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            if arm is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, arm, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[-1])
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected bool (true/false), got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected int, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected str, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported annotation {_type_name(tp)}")  # a bug in this file
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in hints:
+            raise ConfigError(f"{path}: unknown key (valid keys here: {', '.join(names)})")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> RunConfig:
+    """Build a RunConfig from a plain mapping; errors read ``source: dotted.key: reason``."""
+    try:
+        return _build(RunConfig, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- files and overrides
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{line} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """Read a YAML run file and its single optional ``base:`` include into one mapping."""
+    path = Path(path)
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a file name, got {type(base).__name__}")
+    base_path = (path.parent / base).resolve()
+    base_data = _read_yaml(base_path)
+    if "base" in base_data:
+        raise ConfigError(f"{base_path}: base: a base file may not include another (one level only)")
+    try:  # validate the base on its own so its errors name the base file
+        config_from_dict(base_data, str(base_path))
+    except ConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return _merge(base_data, data)
+
+
+def _annotation_at(parts: list[str]) -> Any:
+    """The annotation of a dotted key in RunConfig, or None if the path is not a field."""
+    tp: Any = RunConfig
+    for part in parts:
+        if not dataclasses.is_dataclass(tp):
+            return None
+        tp = typing.get_type_hints(tp).get(part)
+    return tp
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=c`` strings; the value is parsed as a YAML scalar/list (``3``, ``true``, ``[1,2]``)."""
+    data = _merge({}, data)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. train.max_steps=100")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if _annotation_at(parts) is str:
+            value = raw  # verbatim: YAML would read "12:00:00" as an int and "no" as a bool
+        else:
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError:
+                value = raw
+        if not all(parts):
+            raise ConfigError(f"--set {item}: empty component in key {key!r}")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part} is a value, not a section")
+        node[parts[-1]] = value
+        # Validate after each override so the message names this --set and the dotted key.
+        config_from_dict(data, f"--set {item}")
+    return data
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+    """Read, merge, override and validate a run config. Raises ConfigError on any problem."""
+    data = read_config_file(path)
+    config_from_dict(data, str(path))  # file errors name the file, before overrides
+    data = apply_overrides(data, overrides or [])
+    return config_from_dict(data, str(path))
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(dump_config(cfg))
+    os.replace(tmp, path)
+
+
+def resolve_path(p: str) -> Path:
+    """Relative paths in configs resolve against the repository root, so runs work from any cwd."""
+    path = Path(os.path.expanduser(p))
+    return path if path.is_absolute() else REPO_ROOT / path

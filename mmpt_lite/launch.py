@@ -1,0 +1,158 @@
+"""Job launching: one resolved config, four job types.
+
+local_single  the training entry point in this process (one rank)
+local_small   torchrun with ``launch.nproc_local_small`` processes (2; gloo on CPU, nccl on GPU)
+local_big     torchrun over every local GPU (``launch.nproc_local_big``, 8, when none is visible)
+slurm         an sbatch script: one srun task per node, each running torchrun with the c10d
+              rendezvous on the first node of the allocation; submitted with sbatch when present
+
+Workers never re-read the user's YAML: the launcher writes the resolved config to
+``<train.output_dir>/config.yaml`` and every rank loads that file, so what ran is what was saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mmpt_lite.config import ConfigError, RunConfig, dump_config, load_config, resolve_path, save_config
+
+JOB_TYPES = ("local_single", "local_small", "local_big", "slurm")
+TRAIN_MODULE = "mmpt_lite.train.main"
+
+
+def _torchrun(nproc: int, config_path: Path, extra: list[str] | None = None) -> list[str]:
+    # `python -m torch.distributed.run` is torchrun with the interpreter pinned to this one.
+    return [sys.executable, "-m", "torch.distributed.run", *(extra or ["--standalone"]),
+            f"--nproc_per_node={nproc}", "-m", TRAIN_MODULE, str(config_path)]
+
+
+def local_gpu_count() -> int:
+    try:
+        import torch
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - torch without CUDA support reports nothing useful
+        return 0
+
+
+def build_command(cfg: RunConfig, jobtype: str, config_path: Path) -> list[str]:
+    """The process command for a local job type (slurm uses :func:`render_sbatch`)."""
+    if jobtype == "local_single":
+        return [sys.executable, "-m", TRAIN_MODULE, str(config_path)]
+    if jobtype == "local_small":
+        return _torchrun(cfg.launch.nproc_local_small, config_path)
+    if jobtype == "local_big":
+        return _torchrun(local_gpu_count() or cfg.launch.nproc_local_big, config_path)
+    raise ValueError(f"--jobtype {jobtype}: not a local job type (valid: {', '.join(JOB_TYPES)})")
+
+
+def render_sbatch(cfg: RunConfig, config_path: Path, workdir: Path) -> str:
+    """A complete sbatch script for ``cfg.launch`` (nodes × gpus_per_node ranks)."""
+    lc = cfg.launch
+    log_dir = resolve_path(lc.script_dir)
+    header = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={lc.job_name}",
+        f"#SBATCH --nodes={lc.nodes}",
+        "#SBATCH --ntasks-per-node=1",  # one torchrun per node; torchrun forks the GPU ranks
+        f"#SBATCH --gpus-per-node={lc.gpus_per_node}",
+        f"#SBATCH --cpus-per-task={lc.cpus_per_task}",
+        f"#SBATCH --mem={lc.mem}",
+        f"#SBATCH --time={lc.time}",
+        f"#SBATCH --output={log_dir}/%x-%j.out",
+    ]
+    if lc.partition:
+        header.append(f"#SBATCH --partition={lc.partition}")
+    if lc.account:
+        header.append(f"#SBATCH --account={lc.account}")
+    torchrun = [
+        shlex.quote(sys.executable), "-m", "torch.distributed.run",
+        "--nnodes=$SLURM_NNODES", f"--nproc_per_node={lc.gpus_per_node}",
+        "--rdzv_id=$SLURM_JOB_ID", "--rdzv_backend=c10d", '--rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT"',
+        "-m", TRAIN_MODULE, shlex.quote(str(config_path)),
+    ]
+    body = [
+        "",
+        "set -euo pipefail",
+        f"cd {shlex.quote(str(workdir))}",
+        "# Rendezvous on the first node of the allocation.",
+        'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        f"export MASTER_PORT={lc.master_port}",
+        f"export OMP_NUM_THREADS={max(1, lc.cpus_per_task // max(1, lc.gpus_per_node))}",
+        "srun --kill-on-bad-exit=1 " + " ".join(torchrun),
+        "",
+    ]
+    return "\n".join(header + body)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="locallaunch.py", description=__doc__.splitlines()[0])
+    p.add_argument("config", help="run config YAML (projects/*.yaml)")
+    p.add_argument("--jobtype", choices=JOB_TYPES, default="local_single")
+    p.add_argument("--dryrun", action="store_true", help="print the command/script and resolved config; launch nothing")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.max_steps=200 (repeatable)")
+    # slurm conveniences; each is the same as --set launch.<name>=...
+    for name in ("nodes", "gpus_per_node", "partition", "time", "account"):
+        p.add_argument(f"--{name}", default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    overrides = list(args.overrides)
+    overrides += [f"launch.{n}={getattr(args, n)}" for n in ("nodes", "gpus_per_node", "partition", "time", "account")
+                  if getattr(args, n) is not None]
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    out_dir = resolve_path(cfg.train.output_dir)
+    config_path = out_dir / "config.yaml"
+    workdir = Path.cwd()
+    if args.jobtype == "slurm":
+        script = render_sbatch(cfg, config_path, workdir)
+        script_path = resolve_path(cfg.launch.script_dir) / f"{cfg.launch.job_name}-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
+        if args.dryrun:
+            print(f"# sbatch script (would be written to {script_path})\n{script}")
+            print(f"# resolved config (would be written to {config_path})\n{dump_config(cfg)}")
+            return 0
+        save_config(cfg, config_path)
+        script_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = script_path.with_suffix(".tmp")
+        tmp.write_text(script)
+        os.replace(tmp, script_path)
+        print(f"wrote sbatch script: {script_path}")
+        if shutil.which("sbatch"):
+            return subprocess.call(["sbatch", str(script_path)])
+        print(f"sbatch not found on this machine; submit it on the cluster with: sbatch {script_path}")
+        return 0
+
+    cmd = build_command(cfg, args.jobtype, config_path)
+    if args.dryrun:
+        print("# command\n" + shlex.join(cmd))
+        print(f"# resolved config (would be written to {config_path})\n{dump_config(cfg)}")
+        return 0
+
+    # Prepare shared inputs once, before any rank starts (ranks only read them).
+    from mmpt_lite.data.prepare import prepare_data
+    try:
+        prepare_data(cfg)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    save_config(cfg, config_path)
+    if args.jobtype == "local_single":
+        from mmpt_lite.train.main import run
+        return run(cfg, config_path=config_path)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default; explicit so each rank owns one core
+    return subprocess.call(cmd, env=env)

@@ -1,0 +1,107 @@
+"""locallaunch.py: every job type's --dryrun, the sbatch script, and the README/CI command pairing."""
+
+import os
+import re
+import shlex
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from mmpt_lite.config import load_config
+from mmpt_lite.launch import build_command, render_sbatch
+
+
+def dryrun(repo_root, *args):
+    return subprocess.run([sys.executable, "locallaunch.py", "projects/how2_pretrain.yaml", "--dryrun", *args],
+                          cwd=repo_root, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("jobtype,nproc", [("local_single", None), ("local_small", 2), ("local_big", 8)])
+def test_local_dryrun_prints_command_and_config(repo_root, jobtype, nproc):
+    r = dryrun(repo_root, "--jobtype", jobtype)
+    assert r.returncode == 0, r.stderr
+    cmd_line = r.stdout.split("# command\n", 1)[1].splitlines()[0]
+    argv = shlex.split(cmd_line)
+    assert argv[0] == sys.executable and "mmpt_lite.train.main" in argv
+    if nproc is None:
+        assert "torch.distributed.run" not in argv
+    else:
+        assert "torch.distributed.run" in argv and f"--nproc_per_node={nproc}" in argv
+    assert "# resolved config" in r.stdout and "preset: vit_tiny" in r.stdout
+
+
+def test_dryrun_writes_nothing(repo_root, tmp_path):
+    out = tmp_path / "run"
+    r = dryrun(repo_root, "--jobtype", "local_small", "--set", f"train.output_dir={out}")
+    assert r.returncode == 0 and not out.exists()
+
+
+def test_slurm_dryrun_script(repo_root, tmp_path):
+    r = dryrun(repo_root, "--jobtype", "slurm", "--nodes", "4", "--gpus_per_node", "8", "--partition", "gpu",
+               "--time", "12:00:00", "--set", f"launch.script_dir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    s = r.stdout
+    for line in ["#SBATCH --nodes=4", "#SBATCH --gpus-per-node=8", "#SBATCH --partition=gpu",
+                 "#SBATCH --time=12:00:00", "#SBATCH --ntasks-per-node=1"]:
+        assert line in s
+    assert re.search(r"srun .*torch\.distributed\.run .*--nnodes=\$SLURM_NNODES .*--nproc_per_node=8", s)
+    assert "--rdzv_backend=c10d" in s and "MASTER_ADDR=$(scontrol show hostnames" in s
+    assert not list(tmp_path.iterdir())  # dryrun: nothing written
+
+
+def test_slurm_writes_script_that_bash_parses(repo_root, tmp_path):
+    """Without sbatch on PATH the script is written (atomically) and its location printed."""
+    env = dict(os.environ, PATH="/usr/bin:/bin")
+    r = subprocess.run([sys.executable, "locallaunch.py", "projects/milnce_s3d_howto100m.yaml", "--jobtype", "slurm",
+                        "--set", f"launch.script_dir={tmp_path}", "--set", f"train.output_dir={tmp_path / 'run'}"],
+                       cwd=repo_root, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    scripts = list(tmp_path.glob("*.sbatch"))
+    assert len(scripts) == 1 and str(scripts[0]) in r.stdout and "sbatch not found" in r.stdout
+    assert subprocess.run(["bash", "-n", str(scripts[0])]).returncode == 0
+    assert load_config(tmp_path / "run" / "config.yaml").model.video.preset == "s3d"
+
+
+def test_slurm_submits_with_sbatch_when_present(repo_root, tmp_path):
+    """A stand-in sbatch on PATH records what it was given; the launcher must call it with the script."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "sbatch"
+    fake.write_text(f"#!/bin/sh\necho \"$1\" > {tmp_path}/submitted\necho 'Submitted batch job 42'\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+    r = subprocess.run([sys.executable, "locallaunch.py", "projects/how2_pretrain.yaml", "--jobtype", "slurm",
+                        "--set", f"launch.script_dir={tmp_path / 's'}", "--set", f"train.output_dir={tmp_path / 'run'}"],
+                       cwd=repo_root, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "Submitted batch job 42" in r.stdout
+    submitted = (tmp_path / "submitted").read_text().strip()
+    assert submitted.endswith(".sbatch") and os.path.exists(submitted)
+
+
+def test_build_command_and_script_functions(repo_root, tmp_path):
+    cfg = load_config(repo_root / "projects/how2_pretrain.yaml", ["launch.nproc_local_small=3"])
+    assert "--nproc_per_node=3" in build_command(cfg, "local_small", tmp_path / "c.yaml")
+    script = render_sbatch(cfg, tmp_path / "c.yaml", repo_root)
+    assert script.startswith("#!/bin/bash") and str(tmp_path / "c.yaml") in script
+    with pytest.raises(ValueError, match="valid"):
+        build_command(cfg, "slurm", tmp_path / "c.yaml")
+
+
+def test_bad_jobtype_exits_2(repo_root):
+    r = dryrun(repo_root, "--jobtype", "cloud")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_readme_commands_and_ci_agree(repo_root):
+    """.ci/run must run exactly the README's test command."""
+    readme = (repo_root / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    commands = [line for b in blocks for line in b.splitlines() if line.strip() and not line.startswith("#")]
+    test_cmd = next(c for c in commands if "pytest" in c)
+    main_cmd = next(c for c in commands if "locallaunch.py projects/how2_pretrain.yaml --jobtype local_small" in c)
+    ci = (repo_root / ".ci" / "run").read_text()
+    assert test_cmd.strip() in ci.splitlines()
+    assert "pip install" in main_cmd and "pip install" in test_cmd
