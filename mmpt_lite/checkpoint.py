@@ -1,0 +1,109 @@
+"""Checkpoint folders, written atomically and loaded safely.
+
+Layout: ``<output_dir>/checkpoints/step_<N>/`` holding
+  model.safetensors   the unwrapped model's state dict (tensors only)
+  train_state.pt      optimizer, scheduler, loss-module state, step, RNG states, data position
+                      (plain containers of tensors and numbers: loads with weights_only=True)
+  config.yaml         the resolved run config
+  meta.json           {"format": "mmpt_lite", "version": 1, "step": N, "model_sha256": ...}
+and ``<output_dir>/checkpoints/latest``, a one-line text file naming the newest folder.
+
+A step folder is assembled under a temporary name and renamed into place; ``latest`` is replaced
+(temp + rename) only after that, so a crash at any moment leaves the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmpt_lite.config import RunConfig, save_config
+
+FORMAT = "mmpt_lite"
+VERSION = 1
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_root(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def save_checkpoint(output_dir: str | os.PathLike, step: int, *, model_state: dict[str, torch.Tensor],
+                    train_state: dict[str, Any], cfg: RunConfig, keep_last: int = 3) -> Path:
+    """Write ``step_<step>`` atomically, point ``latest`` at it, prune to the newest ``keep_last``."""
+    root = checkpoint_root(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    # safetensors refuses shared or non-contiguous storage; clone to plain contiguous CPU tensors.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model_state.items()}
+    save_file(tensors, str(tmp / "model.safetensors"))
+    torch.save(train_state, tmp / "train_state.pt")
+    save_config(cfg, tmp / "config.yaml")
+    meta = {"format": FORMAT, "version": VERSION, "step": step,
+            "model_sha256": file_sha256(tmp / "model.safetensors")}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    if final.exists():  # a rerun that reached the same step again: replace it whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _atomic_write_text(root / "latest", final.name + "\n")
+    for old in list_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete step folders, oldest first (temporary folders are ignored)."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step_*") if (p / "meta.json").is_file())
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    root = checkpoint_root(output_dir)
+    pointer = root / "latest"
+    if pointer.is_file():
+        cand = root / pointer.read_text().strip()
+        if (cand / "meta.json").is_file():
+            return cand
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | os.PathLike, *, with_train_state: bool = True) -> dict[str, Any]:
+    """Load a step folder: {"model": state dict, "train_state": ..., "meta": ..., "config_path": ...}."""
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path}: not an mmpt_lite checkpoint folder (no meta.json)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
+    out = {"model": load_file(str(path / "model.safetensors")), "meta": meta, "config_path": path / "config.yaml"}
+    if with_train_state:
+        out["train_state"] = torch.load(path / "train_state.pt", map_location="cpu", weights_only=True)
+    return out

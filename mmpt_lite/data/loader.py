@@ -1,0 +1,159 @@
+"""Training loader: an exact per-epoch partition of the videos over ranks and workers, resumable.
+
+Epoch plan. For epoch e the video indices are permuted with a generator seeded by (seed, e),
+padded by resampling to a multiple of world_size × batch_size (so every rank takes the same number
+of steps), and cut into steps × ranks × batch. Rank r consumes row r of each step; the DataLoader
+hands whole batches to its workers round-robin, so every video of the epoch is drawn by exactly
+one (rank, worker) and none is skipped. An epoch is one clip per video, as in MIL-NCE.
+
+Sample randomness. Each slot of the plan carries its own seed (derived from seed, epoch, step,
+rank, slot); the dataset builds a Generator from it and passes it to the aligner. So a sample
+depends only on its place in the plan, never on worker scheduling, and a resume from
+(epoch, step) redraws exactly what an uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mmpt_lite.data.aligners import apply_crop, milnce_sample, random_crop
+
+
+def epoch_plan(num_videos: int, *, epoch: int, seed: int, world_size: int, batch_size: int) -> np.ndarray:
+    """Video indices for one epoch: int64 [steps, world_size, batch_size]."""
+    if num_videos <= 0:
+        raise ValueError("the training corpus has no videos")
+    rng = np.random.default_rng([seed, epoch, 0x9E3779B9])
+    order = rng.permutation(num_videos)
+    per_step = world_size * batch_size
+    steps = math.ceil(num_videos / per_step)
+    pad = steps * per_step - num_videos
+    if pad:  # resample (without replacement when possible) so all ranks take equal steps
+        order = np.concatenate([order, rng.choice(num_videos, pad, replace=pad > num_videos)])
+    return order.reshape(steps, world_size, batch_size).astype(np.int64)
+
+
+def slot_seed(seed: int, epoch: int, step: int, rank: int, slot: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, step, rank, slot]).generate_state(1, np.uint64)[0])
+
+
+@dataclass
+class DataPosition:
+    """Where the trainer is in the data: the next batch to consume is (epoch, step)."""
+
+    epoch: int = 0
+    step: int = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step}
+
+
+class PlanBatchSampler:
+    """Yields this rank's batches of (video_index, sample_seed) for one epoch, from ``start_step``."""
+
+    def __init__(self, plan: np.ndarray, *, rank: int, epoch: int, seed: int, start_step: int = 0):
+        self.plan, self.rank, self.epoch, self.seed, self.start_step = plan, rank, epoch, seed, start_step
+
+    def __len__(self) -> int:
+        return max(0, len(self.plan) - self.start_step)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start_step, len(self.plan)):
+            row = self.plan[step, self.rank]
+            yield [(int(v), slot_seed(self.seed, self.epoch, step, self.rank, j)) for j, v in enumerate(row)]
+
+
+class MilNceClipDataset(Dataset):
+    """One MIL-NCE sample per (video index, seed): uint8 frames and K caption candidates.
+
+    Reads frames from a sharded store (frames at ``store.fps``) and captions from a caption store.
+    Returns {"video": uint8 [T, S, S, 3], "text": {name: int64 [K, L]}, "video_index": int64}.
+    """
+
+    def __init__(self, video_store, caption_store, tokenize: Callable[[list[str]], dict[str, torch.Tensor]], *,
+                 num_frames: int, fps: float, video_size: int, num_candidates: int, min_time: float,
+                 random_flip: bool = True):
+        self.videos, self.captions, self.tokenize = video_store, caption_store, tokenize
+        self.video_ids = list(video_store.video_ids)
+        self.num_frames, self.fps, self.size = num_frames, fps, video_size
+        self.num_candidates, self.min_time, self.random_flip = num_candidates, min_time, random_flip
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def frame_indices(self, clip_start: float, total: int) -> np.ndarray:
+        """Stored-frame indices for ``num_frames`` samples at ``fps`` from ``clip_start`` (int64 [T])."""
+        times = clip_start + np.arange(self.num_frames) / self.fps
+        return np.minimum(np.floor(times * self.videos.fps + 1e-6).astype(np.int64), max(0, total - 1))
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        index, seed = item
+        rng = np.random.default_rng(seed)
+        vid = self.video_ids[index]
+        starts, ends, texts = self.captions.get(vid)
+        total = self.videos.num_frames(vid)
+        duration = total / self.videos.fps
+        choice = milnce_sample(starts, ends, rng, num_candidates=self.num_candidates, min_time=self.min_time,
+                               clip_seconds=self.num_frames / self.fps, duration=duration)
+        idx = self.frame_indices(choice.clip_start, total)
+        first = int(idx[0])
+        frames = self.videos.read_frames(vid, first, int(idx[-1]) - first + 1)
+        frames = frames[np.minimum(idx - first, len(frames) - 1)] if len(frames) else frames
+        crop = random_crop(frames.shape[1], frames.shape[2], self.size, rng, flip=self.random_flip)
+        clip = np.zeros((self.num_frames, self.size, self.size, 3), np.uint8)  # zero-pad short clips
+        cropped = apply_crop(frames, crop)
+        clip[:len(cropped), :cropped.shape[1], :cropped.shape[2]] = cropped
+        text = self.tokenize([texts[i] for i in choice.caption_ids])
+        return {"video": torch.from_numpy(clip), "text": text, "video_index": torch.tensor(index)}
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack samples: video uint8 [B,T,S,S,3], text {name: [B,K,L]}, video_index [B]."""
+    return {
+        "video": torch.stack([s["video"] for s in samples]),
+        "text": {k: torch.stack([s["text"][k] for s in samples]) for k in samples[0]["text"]},
+        "video_index": torch.stack([s["video_index"] for s in samples]),
+    }
+
+
+class TrainLoader:
+    """Endless iterator over epochs of this rank's batches; ``position`` is what to checkpoint.
+
+    ``position`` always names the next batch the trainer will receive, so saving it after a step
+    and restoring it with ``load_state_dict`` neither repeats nor drops a batch.
+    """
+
+    def __init__(self, dataset: Dataset, *, batch_size: int, rank: int, world_size: int, seed: int,
+                 num_workers: int = 0, pin_memory: bool = False):
+        self.dataset, self.batch_size, self.rank, self.world_size = dataset, batch_size, rank, world_size
+        self.seed, self.num_workers, self.pin_memory = seed, num_workers, pin_memory
+        self.position = DataPosition()
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.dataset) / (self.world_size * self.batch_size))
+
+    def state_dict(self) -> dict:
+        return self.position.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = DataPosition(int(state["epoch"]), int(state["step"]))
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            epoch, start = self.position.epoch, self.position.step
+            plan = epoch_plan(len(self.dataset), epoch=epoch, seed=self.seed, world_size=self.world_size,
+                              batch_size=self.batch_size)
+            sampler = PlanBatchSampler(plan, rank=self.rank, epoch=epoch, seed=self.seed, start_step=start)
+            loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
+                                collate_fn=collate, pin_memory=self.pin_memory,
+                                persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+            for step, batch in enumerate(loader, start=start):
+                self.position = DataPosition(epoch, step + 1)
+                yield batch
+            self.position = DataPosition(epoch + 1, 0)

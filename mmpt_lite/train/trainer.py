@@ -1,0 +1,222 @@
+"""The training loop: train_step, maybe_checkpoint, maybe_eval.
+
+Parallelism (DDP) and precision (bf16 autocast on GPU) live here, not in model code. A step:
+accumulate ``accum_steps`` micro-batches, agree across ranks that every loss is finite, clip, check
+the gradient norm is finite, then step the optimizer and the per-step schedule. A non-finite loss or
+gradient skips the step (counted); ``max_nonfinite`` in a row stops the run before any NaN weights
+could be saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from mmpt_lite import distributed as mdist
+from mmpt_lite.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mmpt_lite.config import RunConfig
+from mmpt_lite.data.loader import TrainLoader
+from mmpt_lite.train.logging import MetricLogger
+from mmpt_lite.train.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("mmpt_lite")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def video_to_model_input(video: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,T,H,W,3] on the device -> normalised float [B,3,T,H,W] (([0,1] - mean) / std)."""
+    x = video.permute(0, 4, 1, 2, 3).float().div_(255.0)
+    return (x - mean.view(1, 3, 1, 1, 1)) / std.view(1, 3, 1, 1, 1)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, *, model: torch.nn.Module, loss_fn: torch.nn.Module, loader: TrainLoader,
+                 device: torch.device, out_dir: Path, eval_fn: Callable[[torch.nn.Module], dict] | None = None):
+        self.cfg, self.device, self.out_dir, self.eval_fn = cfg, device, out_dir, eval_fn
+        self.rank, self.world = mdist.get_rank(), mdist.get_world_size()
+        self.model = model.to(device)  # unwrapped: what checkpoints hold and evaluation uses
+        self.loss_fn = loss_fn.to(device)
+        self.loader = loader
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+                    if self.world > 1 else self.model)
+        self.accum = max(1, cfg.optim.accum_steps)
+        if cfg.train.epochs > 0:
+            self.total_steps = cfg.train.epochs * math.ceil(loader.steps_per_epoch() / self.accum)
+        else:
+            self.total_steps = cfg.train.max_steps
+        self.optimizer = build_optimizer(cfg.optim, [self.model, self.loss_fn], fused=device.type == "cuda")
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
+        use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+        self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+        self.mean = torch.tensor(getattr(model, "video_mean", (0.0, 0.0, 0.0)), device=device, dtype=torch.float32)
+        self.std = torch.tensor(getattr(model, "video_std", (1.0, 1.0, 1.0)), device=device, dtype=torch.float32)
+        self.step = 0
+        self.nonfinite_streak = 0
+        self.nonfinite_total = 0
+        self.last_ckpt_step = -1
+
+    # ------------------------------------------------------------------ state
+    def train_state(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "loss": self.loss_fn.state_dict(), "data_position": self.loader.state_dict(),
+                "nonfinite_total": self.nonfinite_total, "world_size": self.world,
+                "rng_by_rank": self._gather_rng(rng)}
+
+    def _gather_rng(self, rng: dict) -> list[dict]:
+        if self.world == 1:
+            return [rng]
+        out: list = [None] * self.world
+        dist.all_gather_object(out, rng)
+        return out
+
+    def maybe_resume(self) -> bool:
+        """``train.resume``: auto = the latest checkpoint in output_dir if any; none; or a folder path."""
+        mode = self.cfg.train.resume
+        if mode == "none":
+            return False
+        path = latest_checkpoint(self.out_dir) if mode == "auto" else Path(mode)
+        if path is None:
+            return False
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model"])
+        state = ckpt["train_state"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.loss_fn.load_state_dict(state["loss"])
+        self.loader.load_state_dict(state["data_position"])
+        self.step = int(state["step"])
+        self.nonfinite_total = int(state["nonfinite_total"])
+        rngs = state["rng_by_rank"]
+        if len(rngs) == self.world:  # same world size: every rank continues its own random stream
+            torch.set_rng_state(rngs[self.rank]["torch"])
+            if self.device.type == "cuda" and "cuda" in rngs[self.rank]:
+                torch.cuda.set_rng_state(rngs[self.rank]["cuda"], self.device)
+        self.last_ckpt_step = self.step
+        log.info("resumed from %s (step %d, data position %s)", path, self.step, state["data_position"])
+        return True
+
+    # ------------------------------------------------------------------ loop pieces
+    def _all_finite(self, value: torch.Tensor) -> bool:
+        flag = torch.isfinite(value.detach()).all().float().reshape(1)
+        if self.world > 1:  # every rank must take the same branch (backward / all-reduce or not)
+            flag = flag.to(self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item() > 0)
+
+    def train_step(self, batches) -> dict | None:
+        """One optimizer step over ``accum_steps`` micro-batches; None when skipped as non-finite."""
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, videos, ok = [], 0, True
+        for i in range(self.accum):
+            batch = next(batches)
+            video = video_to_model_input(batch["video"].to(self.device, non_blocking=True), self.mean, self.std)
+            text = {k: v.to(self.device, non_blocking=True).flatten(0, 1) for k, v in batch["text"].items()}
+            sync = i == self.accum - 1 or self.world == 1
+            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
+            with ctx:
+                with self.autocast():
+                    out = self.ddp(video=video, text=text)
+                    loss_out = self.loss_fn(video_embedding=out["video_embedding"].float(),
+                                            text_embedding=out["text_embedding"].float(),
+                                            num_candidates=batch["text"][next(iter(batch["text"]))].shape[1])
+                loss = loss_out["loss"]
+                if not ok or not self._all_finite(loss):
+                    ok = False
+                    continue
+                (loss / self.accum).backward()
+            losses.append(loss.detach())
+            videos += video.shape[0]
+        grad_norm = torch.zeros(())
+        if ok:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            ok = self._all_finite(grad_norm)
+        if not ok:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_streak += 1
+            self.nonfinite_total += 1
+            log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row, %d total)",
+                        self.step, self.nonfinite_streak, self.nonfinite_total)
+            if self.nonfinite_streak >= self.cfg.train.max_nonfinite:
+                raise NonFiniteLossError(f"{self.nonfinite_streak} non-finite steps in a row at step {self.step} "
+                                         f"(train.max_nonfinite={self.cfg.train.max_nonfinite}); stopping")
+            return None
+        self.nonfinite_streak = 0
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss": float(torch.stack(losses).mean()), "grad_norm": float(grad_norm), "videos": videos,
+                **{k: float(v) for k, v in loss_out.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1}}
+
+    def maybe_checkpoint(self, *, force: bool = False) -> None:
+        every = self.cfg.train.ckpt_every
+        if self.step == self.last_ckpt_step or not (force or (every > 0 and self.step % every == 0)):
+            return
+        state = self.train_state()  # collective (RNG gather): every rank calls it
+        if self.rank == 0:
+            path = save_checkpoint(self.out_dir, self.step, model_state=self.model.state_dict(), train_state=state,
+                                   cfg=self.cfg, keep_last=self.cfg.train.keep_last)
+            log.info("checkpoint: %s", path)
+        self.last_ckpt_step = self.step
+        mdist.barrier()
+
+    def evaluate(self) -> dict | None:
+        """Run ``eval_fn`` on the main rank with the unwrapped model; others wait."""
+        result = None
+        if self.eval_fn is not None and self.rank == 0:
+            result = self.eval_fn(self.model)
+        mdist.barrier()
+        return result
+
+    def maybe_eval(self, logger: MetricLogger) -> None:
+        every = self.cfg.eval.every_steps
+        if every > 0 and self.step % every == 0:
+            result = self.evaluate()
+            if result:
+                logger.log(self.step, {k: v for k, v in result.items() if isinstance(v, (int, float))}, kind="eval")
+                log.info("eval step %d: %s", self.step, _fmt(result))
+
+    # ------------------------------------------------------------------ fit
+    def fit(self) -> dict:
+        logger = MetricLogger(self.out_dir, total_steps=self.total_steps, start_step=self.step, enabled=self.rank == 0)
+        batches = iter(self.loader)
+        self.ddp.train()
+        t0, seen, last = time.perf_counter(), 0, {}
+        try:
+            while self.step < self.total_steps:
+                result = self.train_step(batches)
+                if result is None:
+                    continue
+                self.step += 1
+                seen += result["videos"] * self.world
+                vps = seen / max(1e-9, time.perf_counter() - t0)
+                lr = self.scheduler.get_last_lr()[0]
+                last = {"loss": result["loss"], "lr": lr, "grad_norm": result["grad_norm"], "videos_per_s": vps,
+                        "epoch": self.loader.position.epoch, "nonfinite_total": self.nonfinite_total}
+                logger.progress(self.step, loss=result["loss"], lr=lr, videos_per_s=vps)
+                if self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
+                    logger.log(self.step, last)
+                self.maybe_checkpoint()
+                self.maybe_eval(logger)
+            self.maybe_checkpoint(force=True)
+        finally:
+            logger.close()
+        return last
+
+
+def _fmt(d: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())
