@@ -104,7 +104,38 @@ class OptimConfig:
 
 
 @dataclass(kw_only=True)
+class MaeConfig:
+    """Masked video pretraining (VideoMAE v1 tube masking; v2 dual masking as an option)."""
+
+    mask_ratio: float = 0.9
+    masking: Literal["tube", "dual"] = "tube"
+    decoder_mask_ratio: float = 0.5  # dual masking: fraction of tokens the decoder drops (running cell)
+    decoder_depth: int = 4
+    decoder_width: int = 0  # 0 = the preset's decoder width
+    decoder_heads: int = 0  # 0 = the preset's decoder heads
+    norm_pix_loss: bool = True
+    sampling_stride: int = 4  # frames between samples: 4 Kinetics, 2 SSv2
+    dataset: Literal["shards", "ssv2", "kinetics"] = "shards"  # video-only source for masked pretraining
+
+
+@dataclass(kw_only=True)
+class RetriConfig:
+    """VideoCLIP's retrieval-augmented batches: mine near-neighbour videos with faiss each epoch."""
+
+    enabled: bool = False
+    start_epoch: int = 1
+    every_epochs: int = 1
+    index: Literal["flat", "ivfflat"] = "ivfflat"
+    nlist: int = 512
+    nprobe: int = 1
+    metric: Literal["ip", "l2"] = "ip"
+    clips_per_video: int = 4  # clips averaged into each video's embedding
+    neighbours_factor: int = 2  # each seed video's 2 x batch nearest neighbours form its candidate pool
+
+
+@dataclass(kw_only=True)
 class TrainConfig:
+    task: Literal["milnce", "mae"] = "milnce"
     output_dir: str = "runs/how2_pretrain"
     max_steps: int = 100
     epochs: int = 0  # >0: derive max_steps from the epoch size
@@ -116,6 +147,7 @@ class TrainConfig:
     max_nonfinite: int = 5  # stop after this many non-finite losses in a row
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 on GPU, fp32 on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    peak_tflops: float = 0.0  # for MFU; 0 = look the GPU name up (bf16 dense peak)
 
 
 @dataclass(kw_only=True)
@@ -151,6 +183,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    mae: MaeConfig = field(default_factory=MaeConfig)
+    retri: RetriConfig = field(default_factory=RetriConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     # Prepare shared inputs once, before any rank starts (ranks only read them).
     from mmpt_lite.data.prepare import prepare_data
     try:
-        prepare_data(cfg)
+        cfg = prepare_data(cfg).cfg  # derived paths (shards, word vectors) filled in
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -80,7 +80,7 @@ def run(cfg: RunConfig, config_path: Path | None = None) -> int:
             save_config(cfg, out_dir / "config.yaml")
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        model = build_model(cfg.model, vocab=prepared.vocab)
+        model = build_model(cfg.model, max_words=cfg.data.max_words)
         loss_fn = build_loss(cfg.loss)
         dataset = MilNceClipDataset(prepared.video_store, prepared.caption_store, model.tokenizer,
                                     num_frames=cfg.data.num_frames, fps=cfg.data.fps, video_size=cfg.data.video_size,

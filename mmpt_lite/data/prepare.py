@@ -1,0 +1,122 @@
+"""Make a run's inputs exist, once, before any rank trains: corpus, shards, word vectors.
+
+For the embedded synthetic corpus everything is built on first use (data generation, sharding,
+word2vec on the corpus's own captions). For a real corpus nothing heavy is built implicitly:
+missing shards raise an error that says which command builds them.
+
+The returned config has every derived path filled in (``data.shard_root``, ``model.text.path``), and
+that resolved config is what the run saves, so evaluation can rebuild the exact model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmpt_lite.config import RunConfig, resolve_path
+
+log = logging.getLogger("mmpt_lite")
+
+
+@dataclass
+class PreparedData:
+    cfg: RunConfig
+    name: str
+    root: Path
+    shard_root: Path
+    video_store: object
+    caption_store: object
+    msrvtt_csv: Path | None
+    msrvtt_root: Path | None
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.video_store.video_ids)
+
+
+def storage_short_side(video_size: int) -> int:
+    """Frames are stored with the short side 8/7 of the crop (224 -> 256), so random crops have room."""
+    return int(round(video_size * 8 / 7))
+
+
+def _default_shard_root(cfg: RunConfig, root: Path) -> Path:
+    return root / f"shards_fps{cfg.data.fps:g}_s{storage_short_side(cfg.data.video_size)}"
+
+
+def _ensure_corpus(cfg: RunConfig, root: Path, build: bool) -> None:
+    if (root / cfg.data.train_csv).is_file():
+        return
+    if not cfg.data.synthetic.enabled:
+        raise FileNotFoundError(f"data.root: {root / cfg.data.train_csv} not found (a HowTo100M-format video list "
+                                f"with column video_path); or set data.synthetic.enabled=true for the demo corpus")
+    if not build:
+        raise FileNotFoundError(f"data.root: {root} is not ready (the main rank should have generated it)")
+    from mmpt_lite.data.synthetic import generate_corpus
+    log.info("generating the synthetic corpus how2-synth (seed %d, size %s) in %s",
+             cfg.data.synthetic.seed, cfg.data.synthetic.size, root)
+    generate_corpus(root, seed=cfg.data.synthetic.seed, size=cfg.data.synthetic.size, workers=os.cpu_count() or 1)
+
+
+def _ensure_shards(cfg: RunConfig, root: Path, shard_root: Path, build: bool) -> None:
+    if (shard_root / "manifest.json").is_file():
+        return
+    video_root = resolve_path(cfg.data.video_root) if cfg.data.video_root else root
+    caption_root = root / cfg.data.caption_root if not os.path.isabs(cfg.data.caption_root) else Path(
+        cfg.data.caption_root)
+    command = (f"python scripts/shard_howto.py --csv {root / cfg.data.train_csv} --video_root {video_root} "
+               f"--caption_root {caption_root} --out {shard_root} --fps {cfg.data.fps:g} "
+               f"--short_side {storage_short_side(cfg.data.video_size)}")
+    if not (cfg.data.synthetic.enabled and build):
+        raise FileNotFoundError(f"data.shard_root: no shards at {shard_root}; build them with: {command}")
+    from mmpt_lite.data.shard_build import build_video_shards
+    log.info("sharding %s -> %s (frames at %g fps, short side %d)", root, shard_root, cfg.data.fps,
+             storage_short_side(cfg.data.video_size))
+    summary = build_video_shards(csv_path=root / cfg.data.train_csv, video_root=video_root,
+                                 caption_root=caption_root, out_dir=shard_root, fps=cfg.data.fps,
+                                 short_side=storage_short_side(cfg.data.video_size),
+                                 workers=os.cpu_count() or 1, progress=True)
+    log.info("shards: %s", summary)
+
+
+def _ensure_word_vectors(cfg: RunConfig, shard_root: Path, caption_store, build: bool) -> RunConfig:
+    """For the word2vec tower with no ``model.text.path``: fit word2vec on the corpus captions."""
+    text = cfg.model.text
+    if text.kind != "word2vec" or text.path:
+        return cfg
+    if not text.train_word2vec:
+        raise FileNotFoundError("model.text.path: a word2vec file or dictionary is required when "
+                                "model.text.train_word2vec is false")
+    path = shard_root / f"word2vec_{text.word_dim}d.txt"
+    if not path.is_file():
+        if not build:
+            raise FileNotFoundError(f"model.text.path: {path} is not ready (the main rank trains it)")
+        from mmpt_lite.models.text import train_word2vec
+        sentences = [t for vid in caption_store.video_ids for t in caption_store.get(vid)[2]]
+        log.info("training word2vec (%d-d) on %d corpus captions -> %s", text.word_dim, len(sentences), path)
+        train_word2vec(sentences, path, dim=text.word_dim, seed=cfg.train.seed, epochs=20)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text=dataclasses.replace(text, path=str(path))))
+
+
+def prepare_data(cfg: RunConfig, *, build: bool = True) -> PreparedData:
+    """Ensure the corpus, shards and word vectors exist (building what is missing when ``build``)."""
+    from mmpt_lite.data.shards import ShardedCaptionStore, ShardedVideoStore
+
+    root = resolve_path(cfg.data.root)
+    shard_root = resolve_path(cfg.data.shard_root) if cfg.data.shard_root else _default_shard_root(cfg, root)
+    _ensure_corpus(cfg, root, build)
+    _ensure_shards(cfg, root, shard_root, build)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, shard_root=str(shard_root)))
+    video_store, caption_store = ShardedVideoStore(shard_root), ShardedCaptionStore(shard_root)
+    cfg = _ensure_word_vectors(cfg, shard_root, caption_store, build)
+
+    msrvtt_root = resolve_path(cfg.eval.msrvtt_root) if cfg.eval.msrvtt_root else root / "msrvtt"
+    msrvtt_csv = msrvtt_root / "msrvtt_test.csv"
+    if not msrvtt_csv.is_file():
+        log.warning("no MSR-VTT-format eval set at %s: in-training retrieval checks are off", msrvtt_csv)
+        msrvtt_csv = msrvtt_root = None
+    name = "how2-synth" if cfg.data.synthetic.enabled else root.name
+    return PreparedData(cfg=cfg, name=name, root=root, shard_root=shard_root, video_store=video_store,
+                        caption_store=caption_store, msrvtt_csv=msrvtt_csv, msrvtt_root=msrvtt_root)
