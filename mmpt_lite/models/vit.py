@@ -1,0 +1,180 @@
+"""VideoMAE-style video ViT encoder (tubelet patches, fixed sinusoid positions, no class token).
+
+Parameter names follow VideoMAE's encoder (``patch_embed.proj``, ``blocks.N.norm1``,
+``blocks.N.attn.qkv``/``q_bias``/``v_bias``/``proj``, ``blocks.N.norm2``, ``blocks.N.mlp.fc1``/``fc2``,
+``norm`` or ``fc_norm``) so its checkpoints map over key for key.
+
+Facts reproduced (VideoMAE v1/v2): Conv3d tubelet embedding (kernel = stride = 2×16×16 by
+default); a fixed 1-D sinusoid table over the flattened (t, h, w) token index, not a parameter
+and not in the state dict; pre-LN blocks with LayerNorm eps 1e-6; attention with q and v biases
+but no k bias; MLP ratio 4 with GELU; xavier-uniform Linear weights. ``forward_tokens`` takes the
+indices of the visible tokens for masked pretraining (the encoder sees only those).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # optional: the flash-attn package (SDPA already dispatches to flash kernels on a GPU)
+    from flash_attn import flash_attn_func
+except ImportError:
+    flash_attn_func = None
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def sinusoid_table(num_positions: int, dim: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """[num_positions, dim]: sin at even, cos at odd channels, angle = pos / 10000^(2·(j//2)/dim).
+
+    Row p does not depend on the table length, so inputs of any size use the first N rows.
+    """
+    positions = torch.arange(num_positions, device=device, dtype=torch.float64)[:, None]
+    exponents = (2 * (torch.arange(dim, device=device) // 2)).to(torch.float64) / dim
+    angles = positions / torch.pow(10000.0, exponents)[None, :]
+    table = torch.empty_like(angles)
+    table[:, 0::2] = torch.sin(angles[:, 0::2])
+    table[:, 1::2] = torch.cos(angles[:, 1::2])
+    return table.to(dtype)
+
+
+class PatchEmbed(nn.Module):
+    """[B, C, T, H, W] -> tokens [B, (T/tubelet)·(H/patch)·(W/patch), width], t-major order."""
+
+    def __init__(self, width: int, patch_size: int = 16, tubelet_size: int = 2, in_channels: int = 3):
+        super().__init__()
+        self.patch_size = patch_size
+        self.tubelet_size = tubelet_size
+        kernel = (tubelet_size, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_channels, width, kernel_size=kernel, stride=kernel)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        _, _, t, h, w = video.shape
+        if t % self.tubelet_size or h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"video of T×H×W = {t}×{h}×{w} does not tile into {self.tubelet_size}×"
+                             f"{self.patch_size}×{self.patch_size} tubelets")
+        return self.proj(video).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; the qkv projection has q and v biases but no k bias (VideoMAE)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, dim] -> [B, N, dim]."""
+        b, n, dim = x.shape
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, dim // self.num_heads)
+        if flash_attn_func is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+            q, k, v = qkv.unbind(dim=2)  # flash-attn takes [B, N, heads, head_dim]
+            out = flash_attn_func(q, k, v)
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(dim=0)  # SDPA takes [B, heads, N, head_dim]
+            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        return self.proj(out.reshape(b, n, dim))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))  # int() as VideoMAE: 1408 · 48/11 -> 6144
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VideoViT(nn.Module):
+    """Video ViT encoder: ``[B, 3, T, H, W]`` (ImageNet-normalised) -> tokens [B, N, width].
+
+    ``fc_norm=False`` is the pretraining encoder (final ``norm`` on every token; pooled = token
+    mean); ``fc_norm=True`` the fine-tuning variant (no per-token norm; ``fc_norm`` after the
+    mean). Input T, H, W may be any multiple of the tubelet/patch size: the position table is
+    computed for the actual token count.
+    """
+
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+
+    def __init__(self, width: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+                 patch_size: int = 16, tubelet_size: int = 2, in_channels: int = 3, fc_norm: bool = False):
+        super().__init__()
+        self.width = width
+        self.patch_size = patch_size
+        self.tubelet_size = tubelet_size
+        self.patch_embed = PatchEmbed(width, patch_size, tubelet_size, in_channels)
+        self.blocks = nn.ModuleList(Block(width, num_heads, mlp_ratio) for _ in range(depth))
+        if fc_norm:
+            self.norm = nn.Identity()
+            self.fc_norm = nn.LayerNorm(width, eps=1e-6)
+        else:
+            self.norm = nn.LayerNorm(width, eps=1e-6)
+            self.fc_norm = None
+        self.apply(_init_weights)
+
+    def token_grid(self, video_shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
+        """(T', H', W') token grid for a video of shape [B, C, T, H, W]."""
+        t, h, w = video_shape[-3:]
+        return t // self.tubelet_size, h // self.patch_size, w // self.patch_size
+
+    def forward_tokens(self, video: torch.Tensor, keep_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode ``video`` [B, 3, T, H, W] -> per-token features [B, N, width].
+
+        ``keep_index`` (LongTensor [B, N_keep], indices into the t-major token grid): encode only
+        those tokens (each still carries its own position) -> [B, N_keep, width].
+        """
+        x = self.patch_embed(video)
+        x = x + sinusoid_table(x.shape[1], self.width, device=x.device, dtype=x.dtype)
+        if keep_index is not None:
+            x = torch.gather(x, 1, keep_index[:, :, None].expand(-1, -1, self.width))
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward(self, video: torch.Tensor, keep_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """-> {"video_tokens": [B, N(_keep), width], "pooled": [B, width] (mean over tokens)}."""
+        tokens = self.forward_tokens(video, keep_index)
+        pooled = tokens.mean(dim=1)
+        if self.fc_norm is not None:
+            pooled = self.fc_norm(pooled)
+        return {"video_tokens": tokens, "pooled": pooled}
+
+
+def _init_weights(module: nn.Module) -> None:
+    # VideoMAE's encoder init: xavier-uniform Linear weights, zero biases, unit LayerNorms;
+    # the patch Conv3d keeps PyTorch's default init, as VideoMAE's does.
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
