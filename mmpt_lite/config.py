@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -152,6 +153,7 @@ class TrainConfig:
 
 @dataclass(kw_only=True)
 class EvalConfig:
+    enabled: bool = True  # zero-shot retrieval at the start (random init), every_steps, and the end
     every_steps: int = 0  # 0 = only at the end
     msrvtt_root: str = ""  # "" = the synthetic set under data.root
     num_windows_test: int = 4
@@ -191,6 +193,9 @@ class RunConfig:
 
 
 # --------------------------------------------------------------------------- validation
+_SCI_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
@@ -233,6 +238,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected int, got {type(value).__name__} {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _SCI_FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string; it is plainly a float
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected float, got {type(value).__name__} {value!r}")
         return float(value)

@@ -91,6 +91,15 @@ def render_sbatch(cfg: RunConfig, config_path: Path, workdir: Path) -> str:
     return "\n".join(header + body)
 
 
+def describe_run(cfg: RunConfig, jobtype: str) -> str:
+    """The main job's first line: which data and which model preset."""
+    d = cfg.data
+    data = (f"how2-synth (synthetic seed {d.synthetic.seed}, size {d.synthetic.size}) at {resolve_path(d.root)}"
+            if d.synthetic.enabled else f"{resolve_path(d.root)}")
+    return (f"mmpt_lite {jobtype}: data {data} | model preset video={cfg.model.video.preset} "
+            f"text={cfg.model.text.kind} | loss {cfg.loss.name} | output {resolve_path(cfg.train.output_dir)}")
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="locallaunch.py", description=__doc__.splitlines()[0])
     p.add_argument("config", help="run config YAML (projects/*.yaml)")
@@ -142,8 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# resolved config (would be written to {config_path})\n{dump_config(cfg)}")
         return 0
 
-    # Prepare shared inputs once, before any rank starts (ranks only read them).
     from mmpt_lite.data.prepare import prepare_data
+    from mmpt_lite.train.logging import setup_logging
+
+    setup_logging(0)
+    print(describe_run(cfg, args.jobtype), flush=True)
+    # Prepare shared inputs once, before any rank starts (ranks only read them).
     try:
         cfg = prepare_data(cfg).cfg  # derived paths (shards, word vectors) filled in
     except (FileNotFoundError, ValueError, RuntimeError) as exc:

@@ -50,9 +50,12 @@ def test_type_errors(tmp_path, text, key):
     assert key in str(exc.value)
 
 
-def test_int_accepted_for_float(tmp_path):
-    p = write(tmp_path / "ok.yaml", "optim:\n  lr: 1\n")
-    assert load_config(p).optim.lr == 1.0
+def test_int_and_scientific_notation_accepted_for_float(tmp_path):
+    p = write(tmp_path / "ok.yaml", "optim:\n  lr: 1\n  min_lr: 1e-5\n")
+    cfg = load_config(p, ["optim.weight_decay=5E-2"])
+    assert (cfg.optim.lr, cfg.optim.min_lr, cfg.optim.weight_decay) == (1.0, 1e-5, 0.05)
+    with pytest.raises(ConfigError, match="optim.lr"):
+        load_config(p, ["optim.lr=1e-4x"])
 
 
 def test_overrides_apply_and_validate(tmp_path):

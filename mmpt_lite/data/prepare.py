@@ -77,7 +77,7 @@ def _ensure_shards(cfg: RunConfig, root: Path, shard_root: Path, build: bool) ->
     summary = build_video_shards(csv_path=root / cfg.data.train_csv, video_root=video_root,
                                  caption_root=caption_root, out_dir=shard_root, fps=cfg.data.fps,
                                  short_side=storage_short_side(cfg.data.video_size),
-                                 workers=os.cpu_count() or 1, progress=True)
+                                 workers=os.cpu_count() or 1, videos_per_shard=16, progress=True)
     log.info("shards: %s", summary)
 
 

@@ -18,6 +18,7 @@ def setup_logging(rank: int) -> None:
     level = logging.INFO if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, format=f"%(asctime)s [rank{rank}] %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr, force=True)
+    logging.getLogger("gensim").setLevel(logging.WARNING)  # its INFO lines would bury ours
 
 
 class MetricLogger:

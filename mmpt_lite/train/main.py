@@ -32,7 +32,7 @@ def pick_device(name: str) -> torch.device:
 
 def make_eval_fn(cfg: RunConfig, prepared: PreparedData, device: torch.device):
     """Zero-shot MSR-VTT-format retrieval on the held-out set (MIL-NCE's --evaluate), or None."""
-    if prepared.msrvtt_csv is None:
+    if not cfg.eval.enabled or prepared.msrvtt_csv is None:
         return None
     from mmpt_lite.evaluation.zeroshot import evaluate_retrieval
 
