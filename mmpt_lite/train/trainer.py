@@ -40,10 +40,35 @@ def video_to_model_input(video: torch.Tensor, mean: torch.Tensor, std: torch.Ten
     return (x - mean.view(1, 3, 1, 1, 1)) / std.view(1, 3, 1, 1, 1)
 
 
+class ContrastiveTask:
+    """Video-text batches -> the contrastive loss (MIL-NCE or InfoNCE) of ``loss_fn``.
+
+    A task turns one collated batch into ``{"loss": scalar, "batch_size": int, ...logged scalars}``
+    given the (possibly DDP-wrapped) model; the trainer owns everything else. Other objectives
+    (masked pretraining) provide their own task with the same call signature.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device):
+        self.loss_fn, self.device = loss_fn, device
+        self.mean = torch.tensor(getattr(model, "video_mean", (0.0, 0.0, 0.0)), device=device, dtype=torch.float32)
+        self.std = torch.tensor(getattr(model, "video_std", (1.0, 1.0, 1.0)), device=device, dtype=torch.float32)
+
+    def __call__(self, module: torch.nn.Module, batch: dict) -> dict:
+        video = video_to_model_input(batch["video"].to(self.device, non_blocking=True), self.mean, self.std)
+        tokens = {k: v.to(self.device, non_blocking=True) for k, v in batch["text"].items()}
+        num_candidates = next(iter(tokens.values())).shape[1]  # [B, K, L]
+        out = module(video=video, text={k: v.flatten(0, 1) for k, v in tokens.items()})
+        result = self.loss_fn(video_embedding=out["video_embedding"].float(),
+                              text_embedding=out["text_embedding"].float(), num_candidates=num_candidates)
+        return {**result, "batch_size": video.shape[0]}
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, *, model: torch.nn.Module, loss_fn: torch.nn.Module, loader: TrainLoader,
-                 device: torch.device, out_dir: Path, eval_fn: Callable[[torch.nn.Module], dict] | None = None):
+                 device: torch.device, out_dir: Path, eval_fn: Callable[[torch.nn.Module], dict] | None = None,
+                 task: Callable[[torch.nn.Module, dict], dict] | None = None):
         self.cfg, self.device, self.out_dir, self.eval_fn = cfg, device, out_dir, eval_fn
+        self.task = task if task is not None else ContrastiveTask(model, loss_fn, device)
         self.rank, self.world = mdist.get_rank(), mdist.get_world_size()
         self.model = model.to(device)  # unwrapped: what checkpoints hold and evaluation uses
         self.loss_fn = loss_fn.to(device)
@@ -59,8 +84,6 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
         use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
-        self.mean = torch.tensor(getattr(model, "video_mean", (0.0, 0.0, 0.0)), device=device, dtype=torch.float32)
-        self.std = torch.tensor(getattr(model, "video_std", (1.0, 1.0, 1.0)), device=device, dtype=torch.float32)
         self.step = 0
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
@@ -123,23 +146,17 @@ class Trainer:
         losses, videos, ok = [], 0, True
         for i in range(self.accum):
             batch = next(batches)
-            video = video_to_model_input(batch["video"].to(self.device, non_blocking=True), self.mean, self.std)
-            text = {k: v.to(self.device, non_blocking=True).flatten(0, 1) for k, v in batch["text"].items()}
             sync = i == self.accum - 1 or self.world == 1
-            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
-            with ctx:
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 with self.autocast():
-                    out = self.ddp(video=video, text=text)
-                    loss_out = self.loss_fn(video_embedding=out["video_embedding"].float(),
-                                            text_embedding=out["text_embedding"].float(),
-                                            num_candidates=batch["text"][next(iter(batch["text"]))].shape[1])
-                loss = loss_out["loss"]
+                    result = self.task(self.ddp, batch)
+                loss = result["loss"]
                 if not ok or not self._all_finite(loss):
                     ok = False
                     continue
                 (loss / self.accum).backward()
             losses.append(loss.detach())
-            videos += video.shape[0]
+            videos += int(result["batch_size"])
         grad_norm = torch.zeros(())
         if ok:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -160,7 +177,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         return {"loss": float(torch.stack(losses).mean()), "grad_norm": float(grad_norm), "videos": videos,
-                **{k: float(v) for k, v in loss_out.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1}}
+                **{k: float(v) for k, v in result.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1}}
 
     def maybe_checkpoint(self, *, force: bool = False) -> None:
         every = self.cfg.train.ckpt_every
