@@ -151,14 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# resolved config (would be written to {config_path})\n{dump_config(cfg)}")
         return 0
 
-    from mmpt_lite.data.prepare import prepare_data
     from mmpt_lite.train.logging import setup_logging
+    from mmpt_lite.train.main import prepare_for_task
 
     setup_logging(0)
     print(describe_run(cfg, args.jobtype), flush=True)
     # Prepare shared inputs once, before any rank starts (ranks only read them).
     try:
-        cfg = prepare_data(cfg).cfg  # derived paths (shards, word vectors) filled in
+        cfg = prepare_for_task(cfg, build=True).cfg  # derived paths (shards, word vectors) filled in
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

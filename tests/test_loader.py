@@ -106,3 +106,30 @@ def test_sample_contents():
     assert s["text"]["input_ids"].shape == (3, 2) and (s["text"]["input_ids"][:, 0] == 2).all()
     again = ds[(2, 123)]
     assert torch.equal(s["video"], again["video"])
+
+
+def test_plan_provider_is_used_and_checkpointed():
+    """A provided (e.g. mined) plan drives the epoch; a resume continues it without asking again."""
+    n, calls = 6, []
+
+    def provider(epoch):
+        calls.append(epoch)
+        return np.array([[[5, 4]], [[3, 2]], [[1, 0]]]) if epoch == 0 else None
+
+    loader = TrainLoader(make_dataset(n), batch_size=2, rank=0, world_size=1, seed=0, plan_provider=provider)
+    got = [idx for idx, _ in collect(loader, 2)]
+    assert got == [[5, 4], [3, 2]] and calls == [0]
+    state = loader.state_dict()
+    assert state["plan"].tolist() == [[[5, 4]], [[3, 2]], [[1, 0]]]
+
+    resumed = TrainLoader(make_dataset(n), batch_size=2, rank=0, world_size=1, seed=0, plan_provider=provider)
+    resumed.load_state_dict(state)
+    rest = [idx for idx, _ in collect(resumed, 2)]
+    assert rest[0] == [1, 0] and calls == [0, 1]  # epoch 0 continued from the checkpoint; epoch 1 asked
+
+
+def test_bad_plan_shape_is_reported():
+    loader = TrainLoader(make_dataset(4), batch_size=2, rank=0, world_size=1, seed=0,
+                         plan_provider=lambda epoch: np.zeros((2, 2, 2), np.int64))
+    with pytest.raises(ValueError, match="batch plan has shape"):
+        next(iter(loader))

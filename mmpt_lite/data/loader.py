@@ -130,25 +130,51 @@ class TrainLoader:
     """
 
     def __init__(self, dataset: Dataset, *, batch_size: int, rank: int, world_size: int, seed: int,
-                 num_workers: int = 0, pin_memory: bool = False):
+                 num_workers: int = 0, pin_memory: bool = False,
+                 plan_provider: Callable[[int], np.ndarray | None] | None = None):
         self.dataset, self.batch_size, self.rank, self.world_size = dataset, batch_size, rank, world_size
         self.seed, self.num_workers, self.pin_memory = seed, num_workers, pin_memory
+        # plan_provider(epoch) -> int64 [steps, world, batch] or None (= the shuffled epoch_plan). It is
+        # called on every rank at the start of each epoch (e.g. to mine hard-negative batches with the
+        # current model) and must return the same plan everywhere. Such a plan is checkpointed, so a
+        # resume mid-epoch continues it instead of re-mining with different weights.
+        self.plan_provider = plan_provider
+        self.custom_plan: np.ndarray | None = None  # the current epoch's provided plan, if any
+        self._resumed_plan = False  # True right after load_state_dict restored a provided plan
         self.position = DataPosition()
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.dataset) / (self.world_size * self.batch_size))
 
     def state_dict(self) -> dict:
-        return self.position.state_dict()
+        state = self.position.state_dict()
+        if self.custom_plan is not None:
+            state["plan"] = torch.from_numpy(self.custom_plan)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.position = DataPosition(int(state["epoch"]), int(state["step"]))
+        plan = state.get("plan")
+        self.custom_plan = plan.numpy() if plan is not None else None
+        self._resumed_plan = self.custom_plan is not None
+
+    def _plan_for(self, epoch: int) -> np.ndarray:
+        if self._resumed_plan:  # continue the checkpointed plan of this epoch
+            self._resumed_plan = False
+            return self.custom_plan
+        self.custom_plan = self.plan_provider(epoch) if self.plan_provider is not None else None
+        if self.custom_plan is not None:
+            return self.custom_plan
+        return epoch_plan(len(self.dataset), epoch=epoch, seed=self.seed, world_size=self.world_size,
+                          batch_size=self.batch_size)
 
     def __iter__(self) -> Iterator[dict]:
         while True:
             epoch, start = self.position.epoch, self.position.step
-            plan = epoch_plan(len(self.dataset), epoch=epoch, seed=self.seed, world_size=self.world_size,
-                              batch_size=self.batch_size)
+            plan = self._plan_for(epoch)
+            if plan.ndim != 3 or plan.shape[1:] != (self.world_size, self.batch_size):
+                raise ValueError(f"epoch {epoch}: batch plan has shape {plan.shape}, expected "
+                                 f"[steps, {self.world_size}, {self.batch_size}]")
             sampler = PlanBatchSampler(plan, rank=self.rank, epoch=epoch, seed=self.seed, start_step=start)
             loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                                 collate_fn=collate, pin_memory=self.pin_memory,

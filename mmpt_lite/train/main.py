@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -61,6 +63,45 @@ def print_final_table(init: dict | None, final: dict | None, out_dir: Path) -> N
     (out_dir / "final_eval.txt").write_text(text + "\n")
 
 
+@dataclass
+class Components:
+    """What a task contributes to a run; the trainer and loop are shared."""
+
+    model: torch.nn.Module  # the unwrapped model (checkpointed, evaluated)
+    loss_fn: torch.nn.Module  # holds trainable loss parameters (e.g. a learnable temperature)
+    dataset: object  # indexed by (video index, sample seed), as the TrainLoader's plan yields
+    task: Callable | None = None  # (module, batch) -> {"loss", "batch_size", ...}; None = contrastive
+    eval_fn: Callable | None = None
+    flops_per_video: float = 0.0  # training FLOPs per video (3 x 2 x MACs) for MFU; 0 = not logged
+
+
+def prepare_for_task(cfg: RunConfig, *, build: bool):
+    """The task's input preparation (used by the launcher once and by every rank)."""
+    if cfg.train.task == "mae":
+        from mmpt_lite.train.mae_task import prepare_mae_data
+        return prepare_mae_data(cfg, build=build)
+    return prepare_data(cfg, build=build)
+
+
+def build_contrastive_components(cfg: RunConfig, prepared: PreparedData, device: torch.device) -> Components:
+    model = build_model(cfg.model, max_words=cfg.data.max_words)
+    if cfg.model.video.init_from:
+        from mmpt_lite.models.init_from import init_video_tower
+        log.info("model.video.init_from: %s", init_video_tower(model, cfg.model.video.init_from))
+    dataset = MilNceClipDataset(prepared.video_store, prepared.caption_store, model.tokenizer,
+                                num_frames=cfg.data.num_frames, fps=cfg.data.fps, video_size=cfg.data.video_size,
+                                num_candidates=cfg.data.num_candidates, min_time=cfg.data.min_time)
+    return Components(model=model, loss_fn=build_loss(cfg.loss), dataset=dataset,
+                      eval_fn=make_eval_fn(cfg, prepared, device))
+
+
+def build_components(cfg: RunConfig, prepared, device: torch.device) -> Components:
+    if cfg.train.task == "mae":
+        from mmpt_lite.train.mae_task import build_mae_components
+        return build_mae_components(cfg, prepared, device)
+    return build_contrastive_components(cfg, prepared, device)
+
+
 def run(cfg: RunConfig, config_path: Path | None = None) -> int:
     device = pick_device(cfg.train.device)
     info = mdist.init_distributed(device)
@@ -68,28 +109,29 @@ def run(cfg: RunConfig, config_path: Path | None = None) -> int:
     out_dir = resolve_path(cfg.train.output_dir)
     try:
         # Rank 0 builds anything missing (corpus, shards, word vectors); the others wait, then resolve.
-        prepared = prepare_data(cfg, build=info.is_main) if info.is_main else None
+        prepared = prepare_for_task(cfg, build=True) if info.is_main else None
         mdist.barrier()
         if prepared is None:
-            prepared = prepare_data(cfg, build=False)
+            prepared = prepare_for_task(cfg, build=False)
         cfg = prepared.cfg
-        log.info("mmpt_lite run | data: %s (%d videos, shards %s) | model: video=%s text=%s | loss: %s | "
-                 "ranks: %d on %s", prepared.name, prepared.num_videos, prepared.shard_root, cfg.model.video.preset,
-                 cfg.model.text.kind, cfg.loss.name, info.world_size, device)
+        log.info("mmpt_lite run | task: %s | data: %s (%d videos, shards %s) | model: video=%s text=%s | "
+                 "loss: %s | ranks: %d on %s", cfg.train.task, prepared.name, prepared.num_videos,
+                 prepared.shard_root, cfg.model.video.preset, cfg.model.text.kind, cfg.loss.name,
+                 info.world_size, device)
         if info.is_main:
             save_config(cfg, out_dir / "config.yaml")
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        model = build_model(cfg.model, max_words=cfg.data.max_words)
-        loss_fn = build_loss(cfg.loss)
-        dataset = MilNceClipDataset(prepared.video_store, prepared.caption_store, model.tokenizer,
-                                    num_frames=cfg.data.num_frames, fps=cfg.data.fps, video_size=cfg.data.video_size,
-                                    num_candidates=cfg.data.num_candidates, min_time=cfg.data.min_time)
-        loader = TrainLoader(dataset, batch_size=cfg.data.batch_size, rank=info.rank, world_size=info.world_size,
-                             seed=cfg.train.seed, num_workers=cfg.data.num_workers,
+        parts = build_components(cfg, prepared, device)
+        loader = TrainLoader(parts.dataset, batch_size=cfg.data.batch_size, rank=info.rank,
+                             world_size=info.world_size, seed=cfg.train.seed, num_workers=cfg.data.num_workers,
                              pin_memory=device.type == "cuda")
-        trainer = Trainer(cfg, model=model, loss_fn=loss_fn, loader=loader, device=device, out_dir=out_dir,
-                          eval_fn=make_eval_fn(cfg, prepared, device))
+        if cfg.retri.enabled:
+            from mmpt_lite.retrieval.mining import make_plan_provider
+            loader.plan_provider = make_plan_provider(cfg, parts.model, parts.dataset, device)
+        trainer = Trainer(cfg, model=parts.model, loss_fn=parts.loss_fn, loader=loader, device=device,
+                          out_dir=out_dir, eval_fn=parts.eval_fn, task=parts.task,
+                          flops_per_video=parts.flops_per_video)
         resumed = trainer.maybe_resume()
         init_path = out_dir / "eval_init.json"
         if not resumed and trainer.eval_fn is not None:  # the same architecture at its random initialisation

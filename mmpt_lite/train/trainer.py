@@ -34,6 +34,23 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+# Dense bf16 peak FLOP/s by GPU name (substring match on torch.cuda.get_device_name).
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H800": 989.0, "H200": 989.0, "H20": 148.0, "A100": 312.0, "A800": 312.0,
+                    "L40S": 362.0, "A10": 125.0, "V100": 125.0}
+
+
+def peak_flops_per_s(device: torch.device, configured_tflops: float = 0.0) -> float:
+    """The MFU denominator: ``train.peak_tflops`` if set, else the GPU's dense bf16 peak; 0 if unknown."""
+    if configured_tflops > 0:
+        return configured_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):  # "H200" before "H20"
+            if key in name:
+                return PEAK_BF16_TFLOPS[key] * 1e12
+    return 0.0
+
+
 def video_to_model_input(video: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 [B,T,H,W,3] on the device -> normalised float [B,3,T,H,W] (([0,1] - mean) / std)."""
     x = video.permute(0, 4, 1, 2, 3).float().div_(255.0)
@@ -66,7 +83,7 @@ class ContrastiveTask:
 class Trainer:
     def __init__(self, cfg: RunConfig, *, model: torch.nn.Module, loss_fn: torch.nn.Module, loader: TrainLoader,
                  device: torch.device, out_dir: Path, eval_fn: Callable[[torch.nn.Module], dict] | None = None,
-                 task: Callable[[torch.nn.Module, dict], dict] | None = None):
+                 task: Callable[[torch.nn.Module, dict], dict] | None = None, flops_per_video: float = 0.0):
         self.cfg, self.device, self.out_dir, self.eval_fn = cfg, device, out_dir, eval_fn
         self.task = task if task is not None else ContrastiveTask(model, loss_fn, device)
         self.rank, self.world = mdist.get_rank(), mdist.get_world_size()
@@ -84,6 +101,8 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
         use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+        self.flops_per_video = flops_per_video
+        self.peak_flops = peak_flops_per_s(device, cfg.train.peak_tflops) if flops_per_video else 0.0
         self.step = 0
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
@@ -223,7 +242,10 @@ class Trainer:
                 vps = seen / max(1e-9, time.perf_counter() - t0)
                 lr = self.scheduler.get_last_lr()[0]
                 last = {"loss": result["loss"], "lr": lr, "grad_norm": result["grad_norm"], "videos_per_s": vps,
-                        "epoch": self.loader.position.epoch, "nonfinite_total": self.nonfinite_total}
+                        "videos_per_s_per_device": vps / self.world, "epoch": self.loader.position.epoch,
+                        "nonfinite_total": self.nonfinite_total}
+                if self.peak_flops:  # MFU = training FLOPs per video x videos/s per device / peak FLOP/s
+                    last["mfu"] = self.flops_per_video * vps / self.world / self.peak_flops
                 logger.progress(self.step, loss=result["loss"], lr=lr, videos_per_s=vps)
                 if self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps:
                     logger.log(self.step, last)
