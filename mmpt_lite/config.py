@@ -51,9 +51,10 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     num_frames: int = 16
     fps: float = 5.0
-    video_size: int = 112  # crop side after resizing the short side
+    video_size: int = 112  # square crop side; frames are stored with this short side (eval's scale)
     num_candidates: int = 4  # K captions per clip (MIL-NCE)
     min_time: float = 5.0  # clip span is widened to at least this many seconds
+    random_flip: bool = True  # MIL-NCE flips; turn off when captions name left/right or (anti)clockwise
     max_words: int = 20
     batch_size: int = 16  # videos per rank per step
     num_workers: int = 2
@@ -75,6 +76,7 @@ class TextTowerConfig:
     word_dim: int = 300
     hidden_dim: int = 2048
     train_word2vec: bool = True  # for the synthetic demo: fit gensim word2vec on the corpus captions
+    train_embeddings: bool = False  # word vectors frozen as in MIL-NCE; the small demo corpus needs them trained
     freeze: bool = False
 
 

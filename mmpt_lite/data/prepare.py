@@ -38,8 +38,10 @@ class PreparedData:
 
 
 def storage_short_side(video_size: int) -> int:
-    """Frames are stored with the short side 8/7 of the crop (224 -> 256), so random crops have room."""
-    return int(round(video_size * 8 / 7))
+    """Frames are stored with the short side equal to the crop, so a training crop (random along the
+    long side) sees objects at the same scale as evaluation's centre square crop resized to the same
+    size; a larger store would train at a zoom evaluation never shows and crop objects away."""
+    return video_size
 
 
 def _default_shard_root(cfg: RunConfig, root: Path) -> Path:

@@ -73,7 +73,8 @@ def build_text_tower(cfg: TextTowerConfig, embed_dim: int, *, vocab: Sequence[st
     words = list(vocab) if vocab is not None else file_words
     tokenizer = WordTokenizer(words, max_words) if words is not None else None
     num_embeddings = tokenizer.num_embeddings if tokenizer is not None else cfg.vocab_size
-    tower = Word2VecTextTower(num_embeddings, cfg.word_dim, cfg.hidden_dim, embed_dim, tokenizer=tokenizer)
+    tower = Word2VecTextTower(num_embeddings, cfg.word_dim, cfg.hidden_dim, embed_dim, tokenizer=tokenizer,
+                              train_embeddings=cfg.train_embeddings)
     if vectors is not None:
         if vocab is None:
             tower.set_word_vectors(vectors)
