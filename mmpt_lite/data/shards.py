@@ -1,0 +1,431 @@
+"""Sharded, mmap-able storage of decoded video frames, captions and features: layout, readers, verification,
+and the parsing of the corpus inputs (video list, caption files) that the writer in ``shard_build.py`` uses.
+``docs/shards.md`` documents the format and the measurements behind it.
+
+Layout of an output folder::
+
+    manifest.json               the only entry point: storage parameters + one entry per finished shard
+                                (file paths, byte sizes, sha256, video/frame/caption counts, skipped inputs)
+    shard_00000/                video mode: one folder per shard, published with a single rename
+        data.bin                frames: JPEG files / raw uint8 HxWx3 / one short-GOP mp4 per video, back to back
+        byte_offsets.npy        int64 [F+1] per-frame byte offsets into data.bin (h264: [V+1] per video)
+        video_starts.npy        int64 [V+1] frame range of video i = [starts[i], starts[i+1])
+        video_ids.npy           bytes (UTF-8) [V]
+        videos.npy              structured [V]: height, width, source_fps, source_duration
+        caption_starts.npy      int64 [V+1] caption range of video i
+        caption_times.npy       float32 [C, 2] (start, end) seconds, sorted by start within a video
+        caption_text.bin        UTF-8 caption texts back to back
+        caption_text_offsets.npy  int64 [C+1]
+    {split}_{k}_data.npy        feature mode (VideoCLIP layout): fp16 [sum n_sec, D]
+    {split}_{k}_starts.npy      int64 [V+1]; plus {split}_{k}_video_ids.npy and the caption arrays as above
+
+All offset arrays follow VideoCLIP's scheme: ``starts[0] = 0``, ``starts[-1] = len``, item i is
+``data[starts[i]:starts[i+1]]``. Readers never list folders: a shard exists once the manifest names it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import simplejpeg
+
+from mmpt_lite.data.video import read_clip, resize_rgb
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_NAME = "mmpt_lite.shards"
+FORMAT_VERSION = 1
+STORAGE_KINDS = ("jpeg", "raw", "h264")
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(root: str | Path) -> dict:
+    path = Path(root) / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no manifest (not a shard folder, or no shard finished yet)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: unreadable manifest ({err})") from err
+    if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: not a {FORMAT_NAME} v{FORMAT_VERSION} manifest")
+    return manifest
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write to a temporary file, fsync, then rename over ``path``: readers see the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def verify_shard_entry(root: Path, entry: dict) -> list[str]:
+    """Problems with one shard's files (missing, wrong size, wrong sha256); empty if intact."""
+    problems = []
+    for role, meta in entry["files"].items():
+        path = root / meta["path"]
+        if not path.is_file():
+            problems.append(f"{path}: missing ({role} file of {entry['name']})")
+            continue
+        size = path.stat().st_size
+        if size != meta["bytes"]:
+            problems.append(f"{path}: {size} bytes but the manifest says {meta['bytes']} (truncated or rewritten)")
+        elif sha256_file(path) != meta["sha256"]:
+            problems.append(f"{path}: sha256 differs from the manifest (corrupted)")
+    return problems
+
+
+def verify_shards(root: str | Path) -> list[str]:
+    """Re-hash every file the manifest lists; returns one message per problem (each names the file)."""
+    root = Path(root)
+    try:
+        manifest = load_manifest(root)
+    except (FileNotFoundError, ValueError) as err:
+        return [str(err)]
+    problems = []
+    for entry in manifest["shards"]:
+        problems += verify_shard_entry(root, entry)
+    return problems
+
+
+class _ShardIndex:
+    """Manifest + a video-id index kept in numpy arrays + lazily opened, per-process mmaps.
+
+    Only small arrays are read at construction; files are mapped on first use in the process that uses them,
+    so a store built before DataLoader workers fork (or pickled to spawned workers) opens its own mappings.
+    The id index lives in numpy arrays rather than a dict of Python strings, so forked workers do not copy it
+    page by page through reference counting.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.manifest = load_manifest(self.root)
+        self._shards = self.manifest["shards"]
+        ids, shard_of, local = [], [], []
+        for pos in range(len(self._shards)):
+            shard_ids = np.load(self._path(pos, "video_ids"))
+            ids.append(shard_ids)
+            shard_of.append(np.full(len(shard_ids), pos, np.int32))
+            local.append(np.arange(len(shard_ids), dtype=np.int64))
+        self._ids = np.concatenate(ids) if ids else np.zeros(0, "S1")
+        self._shard_of = np.concatenate(shard_of) if ids else np.zeros(0, np.int32)
+        self._local = np.concatenate(local) if ids else np.zeros(0, np.int64)
+        self._sorted = np.argsort(self._ids, kind="stable")
+        self._video_ids: list[str] | None = None
+        self._pid: int | None = None
+        self._handles: dict = {}
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_pid"], state["_handles"], state["_video_ids"] = None, {}, None
+        return state
+
+    @property
+    def video_ids(self) -> list[str]:
+        """Every stored video id, in shard order."""
+        if self._video_ids is None:
+            self._video_ids = [v.decode() for v in self._ids.tolist()]
+        return self._video_ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, video_id: str) -> bool:
+        try:
+            self._locate(video_id)
+        except KeyError:
+            return False
+        return True
+
+    def _locate(self, video_id: str) -> tuple[int, int]:
+        key = video_id.encode()
+        pos = int(np.searchsorted(self._ids, key, sorter=self._sorted))
+        if pos >= len(self._ids) or self._ids[self._sorted[pos]] != key:
+            raise KeyError(f"video {video_id!r} is not in the shards under {self.root}")
+        i = self._sorted[pos]
+        return int(self._shard_of[i]), int(self._local[i])
+
+    def _path(self, pos: int, role: str) -> Path:
+        return self.root / self._shards[pos]["files"][role]["path"]
+
+    def _handle(self, pos: int, role: str):
+        """mmap-backed array (``.npy``) or memoryview (``.bin``) of one shard file, opened once per process."""
+        if self._pid != os.getpid():
+            self._pid, self._handles = os.getpid(), {}
+        key = (pos, role)
+        if key not in self._handles:
+            path = self._path(pos, role)
+            if path.suffix == ".npy":
+                self._handles[key] = np.load(path, mmap_mode="r")
+            elif path.stat().st_size == 0:   # mmap refuses empty files
+                self._handles[key] = memoryview(b"")
+            else:
+                with open(path, "rb") as f:
+                    self._handles[key] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        return self._handles[key]
+
+    def _range(self, pos: int, role: str, i: int) -> tuple[int, int]:
+        starts = self._handle(pos, role)
+        return int(starts[i]), int(starts[i + 1])
+
+
+class ShardedVideoStore(_ShardIndex):
+    """Random access to the frames of sharded videos (stored at ``fps`` frames per second)."""
+
+    def __init__(self, root: str | Path):
+        super().__init__(root)
+        if self.manifest.get("mode") != "video":
+            raise ValueError(f"{self.root}: holds {self.manifest.get('mode')} shards, not video frames")
+        self.storage: dict = self.manifest["storage"]
+        self.fps: float = float(self.storage["fps"])
+
+    def num_frames(self, video_id: str) -> int:
+        pos, i = self._locate(video_id)
+        first, stop = self._range(pos, "video_starts", i)
+        return stop - first
+
+    def frame_size(self, video_id: str) -> tuple[int, int]:
+        """(height, width) of the stored frames of ``video_id``."""
+        pos, i = self._locate(video_id)
+        row = self._handle(pos, "videos")[i]
+        return int(row["height"]), int(row["width"])
+
+    def read_frames(self, video_id: str, start: int, count: int,
+                    out_size: tuple[int, int] | None = None) -> np.ndarray:
+        """Frames ``start .. start+count-1`` (frame i shows time ``i / fps``), uint8 ``[count', H, W, 3]``.
+
+        ``count'`` is smaller than ``count`` when the video ends first (no padding here). ``out_size`` =
+        (height, width) resizes every frame (JPEG frames are first shrunk by libjpeg's DCT scaling when the
+        target is at most half the stored size).
+        """
+        if start < 0 or count < 0:
+            raise ValueError(f"start and count must be >= 0, got start={start}, count={count}")
+        pos, i = self._locate(video_id)
+        first, stop = self._range(pos, "video_starts", i)
+        start, stop = min(first + start, stop), min(first + start + count, stop)
+        row = self._handle(pos, "videos")[i]
+        height, width = out_size or (int(row["height"]), int(row["width"]))
+        out = np.empty((stop - start, height, width, 3), np.uint8)
+        if stop == start:
+            return out
+        kind = self.storage["kind"]
+        if kind == "raw":
+            frames = self._raw_frames(pos, start, stop, int(row["height"]), int(row["width"]))
+        elif kind == "jpeg":
+            return self._decode_jpegs(pos, start, stop, out, resize=out_size is not None)
+        else:
+            frames = self._h264_frames(pos, i, start - first, stop - start)
+        for j, frame in enumerate(frames):
+            out[j] = resize_rgb(frame, width, height) if out_size else frame
+        return out
+
+    def _raw_frames(self, pos: int, start: int, stop: int, height: int, width: int) -> np.ndarray:
+        offsets = self._handle(pos, "byte_offsets")
+        data = self._handle(pos, "data")[int(offsets[start]):int(offsets[stop])]
+        return np.frombuffer(data, np.uint8).reshape(stop - start, height, width, 3)
+
+    def _decode_jpegs(self, pos: int, start: int, stop: int, out: np.ndarray, resize: bool) -> np.ndarray:
+        offsets = np.asarray(self._handle(pos, "byte_offsets")[start:stop + 1])
+        data = self._handle(pos, "data")
+        height, width = out.shape[1:3]
+        for j in range(stop - start):
+            jpeg = data[int(offsets[j]):int(offsets[j + 1])]
+            if resize:
+                image = simplejpeg.decode_jpeg(jpeg, colorspace="RGB", min_height=height, min_width=width)
+                out[j] = resize_rgb(image, width, height)
+            else:   # decode straight into the output array
+                simplejpeg.decode_jpeg(jpeg, colorspace="RGB", buffer=out[j])
+        return out
+
+    def _h264_frames(self, pos: int, i: int, start: int, count: int) -> np.ndarray:
+        begin, end = self._range(pos, "byte_offsets", i)
+        mp4 = _ViewReader(self._handle(pos, "data")[begin:end], name=f"{self._path(pos, 'data')}[video {i}]")
+        return read_clip(mp4, start / self.fps, num_frames=count, pad=False)
+
+
+class _ViewReader(io.RawIOBase):
+    """Seekable read-only file over a memoryview: PyAV reads one video's mp4 straight from the shard's mmap
+    (``io.BytesIO`` would copy the whole video for every clip)."""
+
+    def __init__(self, view: memoryview, name: str):
+        super().__init__()
+        self.view, self.position, self.name = view, 0, name   # name: for error messages
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = max(0, min(len(buffer), len(self.view) - self.position))
+        buffer[:count] = self.view[self.position:self.position + count]
+        self.position += count
+        return count
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: len(self.view)}[whence]
+        self.position = base + offset
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+
+class ShardedCaptionStore(_ShardIndex):
+    """Caption tables of sharded videos (video or feature shards)."""
+
+    def get(self, video_id: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(starts float32 [n], ends float32 [n], texts) of ``video_id``, sorted by start time."""
+        pos, i = self._locate(video_id)
+        first, stop = self._range(pos, "caption_starts", i)
+        times = np.array(self._handle(pos, "caption_times")[first:stop], np.float32).reshape(-1, 2)
+        offsets = self._handle(pos, "caption_text_offsets")[first:stop + 1]
+        text = self._handle(pos, "caption_text")
+        texts = [bytes(text[int(a):int(b)]).decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        return times[:, 0].copy(), times[:, 1].copy(), texts
+
+
+class ShardedFeatureStore(_ShardIndex):
+    """Per-second feature arrays from feature shards (VideoCLIP layout)."""
+
+    def __init__(self, root: str | Path):
+        super().__init__(root)
+        if self.manifest.get("mode") != "features":
+            raise ValueError(f"{self.root}: holds {self.manifest.get('mode')} shards, not features")
+
+    def get(self, video_id: str) -> np.ndarray:
+        """fp16 ``[n_sec, D]`` features of ``video_id`` (a copy, not a view of the mmap)."""
+        pos, i = self._locate(video_id)
+        first, stop = self._range(pos, "starts", i)
+        return np.array(self._handle(pos, "data")[first:stop])
+
+
+# --- Corpus inputs the writer (shard_build.py) reads: the video list and the caption files ---------------
+
+CAPTION_COLUMNS = ("start", "end", "text")
+
+
+@dataclass(frozen=True)
+class CorpusItem:
+    video_id: str
+    video_path: str | None = None      # video mode
+    caption_path: str | None = None
+    feature_path: str | None = None    # feature mode
+
+
+@dataclass(frozen=True)
+class Skip:
+    kind: str          # video | captions | features | caption_row | video_list | orphan_captions
+    video_id: str
+    file: str
+    line: int | None
+    reason: str
+
+
+class CaptionError(ValueError):
+    def __init__(self, path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def read_caption_file(path: str | Path) -> tuple[np.ndarray, list[str], list[tuple[int, str]]]:
+    """Parse a ``start,end,text`` CSV: (times float32 [n, 2] sorted by start, texts, dropped (line, reason)).
+
+    Rows with a non-numeric or non-finite time or ``end < start`` are dropped and returned; a file with no
+    usable row, a missing column or no content raises CaptionError.
+    """
+    try:
+        content = Path(path).read_bytes().decode("utf-8-sig", errors="replace")
+    except FileNotFoundError:
+        raise CaptionError(path, "caption file not found") from None
+    except OSError as err:
+        raise CaptionError(path, f"unreadable caption file ({err})") from err
+    if not content.strip():
+        raise CaptionError(path, "empty caption file")
+    reader = csv.DictReader(io.StringIO(content))
+    missing = [c for c in CAPTION_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise CaptionError(path, f"missing column(s) {', '.join(missing)} (header: {reader.fieldnames})")
+    rows, dropped = [], []
+    for row in reader:
+        try:
+            start, end = float(row["start"]), float(row["end"])
+        except (TypeError, ValueError):
+            dropped.append((reader.line_num, f"non-numeric time (start={row['start']!r}, end={row['end']!r})"))
+            continue
+        if not (math.isfinite(start) and math.isfinite(end)):
+            dropped.append((reader.line_num, f"non-finite time (start={start}, end={end})"))
+        elif end < start:
+            dropped.append((reader.line_num, f"end {end} < start {start}"))
+        else:
+            rows.append((start, end, row["text"] or ""))
+    if not rows:
+        detail = f"; {len(dropped)} invalid, first at line {dropped[0][0]}: {dropped[0][1]}" if dropped else ""
+        raise CaptionError(path, f"no valid caption rows{detail}")
+    rows.sort(key=lambda r: r[0])
+    return np.array([r[:2] for r in rows], np.float32), [r[2] for r in rows], dropped
+
+
+def read_video_list(csv_path: str | Path, video_root: str | Path | None = None,
+                    caption_root: str | Path | None = None) -> tuple[list[CorpusItem], list[Skip]]:
+    """HowTo100M list (column ``video_path``; id = file name without extension) -> items + list problems.
+
+    Also reports caption files in ``caption_root`` that belong to no listed video.
+    """
+    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    if "video_path" not in table.columns:
+        raise ValueError(f"{csv_path}: no 'video_path' column (columns: {list(table.columns)})")
+    items, skips, seen = [], [], set()
+    for line, rel in enumerate(table["video_path"], start=2):   # line 1 is the header
+        rel = rel.strip()
+        video_id = Path(rel).stem
+        if not rel:
+            skips.append(Skip("video_list", "", str(csv_path), line, "empty video_path"))
+        elif video_id in seen:
+            skips.append(Skip("video_list", video_id, str(csv_path), line, "duplicate video id"))
+        else:
+            seen.add(video_id)
+            captions = str(Path(caption_root) / f"{video_id}.csv") if caption_root else None
+            items.append(CorpusItem(video_id, str(Path(video_root or "") / rel), captions))
+    return items, skips + _orphan_captions(caption_root, seen)
+
+
+def _orphan_captions(caption_root, video_ids: set[str]) -> list[Skip]:
+    if not caption_root:
+        return []
+    return [Skip("orphan_captions", p.stem, str(p), None, "caption file with no video in the list")
+            for p in sorted(Path(caption_root).glob("*.csv")) if p.stem not in video_ids]
+
+
+def read_feature_list(features_dir: str | Path, csv_path: str | Path | None = None,
+                      caption_root: str | Path | None = None) -> tuple[list[CorpusItem], list[Skip]]:
+    """Feature mode items: the videos of ``csv_path`` (or every ``*.npy`` in ``features_dir``, sorted)."""
+    if csv_path is not None:
+        listed, skips = read_video_list(csv_path, None, caption_root)
+        ids = [item.video_id for item in listed]
+    else:
+        ids = sorted(p.stem for p in Path(features_dir).glob("*.npy"))
+        skips = _orphan_captions(caption_root, set(ids))
+    items = [CorpusItem(v, None, str(Path(caption_root) / f"{v}.csv") if caption_root else None,
+                        str(Path(features_dir) / f"{v}.npy")) for v in ids]
+    return items, skips
