@@ -248,12 +248,15 @@ def bad_files(tmp_path_factory, videos) -> dict[str, Path]:
     return files
 
 
-@pytest.mark.parametrize("kind", ["zero-byte", "truncated-moov", "not-a-video", "missing", "no-video-stream",
-                                  "truncated-data"])
-@pytest.mark.parametrize("backend", ["pyav", "ffmpeg"])
+# Every bad-file kind on both backends, except truncated media data on ffmpeg: only the pyav backend
+# checks the decoded length against the container index (the ffmpeg subprocess zero-pads instead).
+BAD_CASES = [(kind, backend) for kind in ["zero-byte", "truncated-moov", "not-a-video", "missing", "no-video-stream",
+                                          "truncated-data"]
+             for backend in ["pyav", "ffmpeg"] if (kind, backend) != ("truncated-data", "ffmpeg")]
+
+
+@pytest.mark.parametrize("kind,backend", BAD_CASES)
 def test_bad_input_raises_naming_the_file(bad_files, kind, backend):
-    if kind == "truncated-data" and backend == "ffmpeg":
-        pytest.skip("only the pyav backend checks decoded length against the index (ffmpeg pads)")
     path = bad_files[kind]
     with pytest.raises(VideoDecodeError) as err:
         read_clip(path, 2.5, num_frames=8, fps=5, backend=backend)
