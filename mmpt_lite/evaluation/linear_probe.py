@@ -1,0 +1,237 @@
+"""HMDB-51 linear probe (MIL-NCE protocol): official split files and a linear SVM over window features.
+
+Every window of a training video is one SVM sample; a test video's class is the argmax of its windows'
+decision scores summed. Videos that could not be decoded are left out of training (and reported by the
+caller) and count as errors at test time, so accuracies stay comparable across runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmpt_lite.evaluation.cache import FeatureCache, cache_key, file_sha256, files_fingerprint
+from mmpt_lite.evaluation.features import (
+    ProbeProtocol,
+    VideoRequest,
+    WindowFeatures,
+    cached_window_features,
+    decode_probe_windows,
+    extract_window_features,
+)
+
+SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<split>\d+)\.txt$")
+TRAIN_CODE, TEST_CODE = 1, 2
+DEFAULT_C = 100.0
+# sklearn's default of 1,000 iterations often stops short of convergence at C=100 on raw features;
+# the protocol fixes C, not the solver budget, so give liblinear room to converge.
+DEFAULT_MAX_ITER = 10_000
+
+
+@dataclass
+class HmdbSplits:
+    """The official train/test lists.
+
+    Attributes:
+        classes: class names, sorted; label = index.
+        videos: relative paths ``<class>/<video>.avi`` of every video used by any loaded split, sorted.
+        labels: int64 [len(videos)].
+        train: split number -> int64 indices into ``videos`` (code 1).
+        test: split number -> int64 indices into ``videos`` (code 2).
+    """
+
+    classes: list[str]
+    videos: list[str]
+    labels: np.ndarray
+    train: dict[int, np.ndarray]
+    test: dict[int, np.ndarray]
+
+
+def read_hmdb_splits(split_dir: str | Path, splits: tuple[int, ...] = (1, 2, 3)) -> HmdbSplits:
+    """Parse ``<class>_test_split{k}.txt`` files (lines ``<video>.avi <code>``, 1 train / 2 test / 0 unused)."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"HMDB split folder not found: {split_dir}")
+    codes: dict[int, dict[str, int]] = {k: {} for k in splits}
+    classes: set[str] = set()
+    for path in sorted(split_dir.iterdir()):
+        match = SPLIT_FILE.match(path.name)
+        if not match or int(match["split"]) not in codes:
+            continue
+        cls = match["cls"]
+        classes.add(cls)
+        for line_no, line in enumerate(path.read_text().splitlines(), 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+                raise ValueError(f"{path}:{line_no}: expected '<video> <0|1|2>', got {line!r}")
+            codes[int(match["split"])][f"{cls}/{fields[0]}"] = int(fields[1])
+    missing = [k for k in splits if not codes[k]]
+    if missing:
+        raise FileNotFoundError(f"no *_test_split{missing[0]}.txt files in {split_dir}")
+    class_list = sorted(classes)
+    used = sorted({v for per_split in codes.values() for v, c in per_split.items() if c in (TRAIN_CODE, TEST_CODE)})
+    index = {v: i for i, v in enumerate(used)}
+    labels = np.array([class_list.index(v.split("/", 1)[0]) for v in used], dtype=np.int64)
+
+    def members(k: int, code: int) -> np.ndarray:
+        return np.array(sorted(index[v] for v, c in codes[k].items() if c == code), dtype=np.int64)
+
+    return HmdbSplits(class_list, used, labels,
+                      train={k: members(k, TRAIN_CODE) for k in splits},
+                      test={k: members(k, TEST_CODE) for k in splits})
+
+
+def _fit_svm(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int, seed: int):
+    """Fit on window samples: features float [V, W, D], labels [V] -> V·W samples.
+
+    Returns (the fitted LinearSVC, whether liblinear converged).
+    """
+    # Imported here: scikit-learn takes over a second to import and retrieval never needs it.
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.svm import LinearSVC
+
+    num_windows = features.shape[1]
+    svm = LinearSVC(C=c, max_iter=max_iter, random_state=seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        svm.fit(features.reshape(-1, features.shape[-1]), np.repeat(labels, num_windows))
+    return svm, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+
+def video_scores(svm, features: np.ndarray, num_classes: int) -> np.ndarray:
+    """Summed window decision scores: features [V, W, D] -> float [V, num_classes] (columns = labels)."""
+    num_videos, num_windows, dim = features.shape
+    decision = svm.decision_function(features.reshape(-1, dim))
+    if decision.ndim == 1:  # binary problem: sklearn returns the score of classes_[1] only
+        decision = np.stack([-decision, decision], axis=1)
+    summed = decision.reshape(num_videos, num_windows, -1).sum(axis=1)
+    out = np.full((num_videos, num_classes), -np.inf)
+    out[:, svm.classes_] = summed  # classes absent from training can never be predicted
+    return out
+
+
+def holdout_accuracy(features: np.ndarray, labels: np.ndarray, grid: list[float], *,
+                     holdout_fraction: float = 0.2, max_iter: int = DEFAULT_MAX_ITER,
+                     seed: int = 0) -> dict[float, float]:
+    """Per-video accuracy on a held-out part of the training videos for each C in ``grid``.
+
+    The split is by video (a video's windows never straddle it). It is stratified when every class has
+    at least two videos, holding out at least one video per class; otherwise it is a plain random split.
+    """
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(labels)
+    present = int((counts > 0).sum())
+    num_heldout = max(1, int(np.ceil(holdout_fraction * len(labels))))
+    stratified = counts[counts > 0].min() >= 2 and len(labels) - max(num_heldout, present) >= present
+    if stratified:
+        num_heldout = max(num_heldout, present)
+    fit_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=num_heldout, random_state=seed,
+                                        stratify=labels if stratified else None)
+    num_classes = int(labels.max()) + 1
+    result = {}
+    for c in grid:
+        svm, _ = _fit_svm(features[fit_idx], labels[fit_idx], c, max_iter, seed)
+        predicted = video_scores(svm, features[val_idx], num_classes).argmax(axis=1)
+        result[float(c)] = float(np.mean(predicted == labels[val_idx]))
+    return result
+
+
+def probe_split(features: np.ndarray, labels: np.ndarray, readable: np.ndarray, train_idx: np.ndarray,
+                test_idx: np.ndarray, num_classes: int, *, c: float = DEFAULT_C,
+                c_grid: list[float] | None = None, max_iter: int = DEFAULT_MAX_ITER, seed: int = 0) -> dict:
+    """Train on one split's training videos and score its test videos.
+
+    Args:
+        features: float [V, W, D] window features of every video.
+        labels: int [V]; readable: bool [V] (False = decoding failed).
+        train_idx, test_idx: indices into the V videos.
+        c: the SVM's C when there is no ``c_grid``.
+        c_grid: C values to choose from on a held-out part of the training videos.
+    Returns:
+        dict with top1 (unreadable test videos count as wrong), chosen C, the held-out accuracy
+        per C, counts, whether the solver converged, and scores float [len(test_idx), num_classes].
+    """
+    train_ok = train_idx[readable[train_idx]]
+    if len(np.unique(labels[train_ok])) < 2:
+        raise ValueError("the training split has fewer than two classes with readable videos")
+    holdout = None
+    chosen = c
+    if c_grid:
+        holdout = holdout_accuracy(features[train_ok], labels[train_ok], c_grid, max_iter=max_iter, seed=seed)
+        chosen = max(holdout, key=lambda c: (holdout[c], -c))  # best accuracy, then the smaller C
+    svm, converged = _fit_svm(features[train_ok], labels[train_ok], chosen, max_iter, seed)
+    scores = video_scores(svm, features[test_idx], num_classes)
+    scores[~readable[test_idx]] = np.nan
+    predicted = np.where(readable[test_idx], np.nan_to_num(scores, nan=-np.inf).argmax(axis=1), -1)
+    return {
+        "top1": float(np.mean(predicted == labels[test_idx])),
+        "C": chosen,
+        "holdout_accuracy": holdout,
+        "num_train_videos": int(len(train_ok)),
+        "num_train_windows": int(len(train_ok) * features.shape[1]),
+        "num_test_videos": int(len(test_idx)),
+        "unreadable_train": int(len(train_idx) - len(train_ok)),
+        "unreadable_test": int((~readable[test_idx]).sum()),
+        "converged": converged,
+        "scores": scores,
+    }
+
+
+def topk_accuracy_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-K accuracy for K = 1 … num_classes from scores [V, C] (NaN rows = unreadable = always wrong).
+
+    Ties are pessimistic, as in :mod:`mmpt_lite.evaluation.metrics`.
+    """
+    filled = np.nan_to_num(scores, nan=-np.inf)
+    true_score = filled[np.arange(len(labels)), labels][:, None]
+    ranks = (filled >= true_score).sum(axis=1) - 1
+    ranks[np.isnan(scores).any(axis=1)] = scores.shape[1]
+    ks = np.arange(1, scores.shape[1] + 1)
+    return ks, np.array([np.mean(ranks < k) for k in ks])
+
+
+# --------------------------------------------------------------------------- features and the whole probe
+def _split_files_hash(split_dir: Path) -> str:
+    return cache_key({p.name: file_sha256(p) for p in sorted(split_dir.glob("*_test_split*.txt"))})
+
+
+def hmdb_features(model: torch.nn.Module, splits: HmdbSplits, video_root: Path, split_dir: Path,
+                  protocol: ProbeProtocol, *, batch_size: int, num_workers: int, device: torch.device,
+                  progress: bool = False, cache: FeatureCache | None = None,
+                  checkpoint_id: str | None = None) -> tuple[WindowFeatures, bool]:
+    """Pooled window features [V, W, D] of every split video, from the cache when possible.
+
+    Returns (features, whether they came from the cache). The model must be on ``device``, in eval mode,
+    under no_grad.
+    """
+    requests = [VideoRequest(v, str(video_root / v)) for v in splits.videos]
+    key = None
+    if cache is not None and checkpoint_id is not None:
+        key = cache_key({"task": "hmdb", "checkpoint": checkpoint_id, "protocol": asdict(protocol),
+                         "splits": _split_files_hash(split_dir), "videos": splits.videos,
+                         "fingerprint": files_fingerprint([Path(r.path) for r in requests])})
+    decode = functools.partial(decode_probe_windows, protocol=protocol)
+    return cached_window_features(cache, key, lambda: extract_window_features(
+        model, requests, decode, output="probe", batch_size=batch_size, num_workers=num_workers,
+        device=device, progress=progress, desc="hmdb videos"))
+
+
+def probe_all_splits(features: WindowFeatures, splits: HmdbSplits, *, c: float = DEFAULT_C,
+                     c_grid: list[float] | None = None, max_iter: int = DEFAULT_MAX_ITER, seed: int = 0) -> dict:
+    """Top-1 per split and their mean: {"splits": {k: probe_split(...)}, "top1_mean": float}."""
+    if not features.readable.any():
+        raise ValueError("no HMDB video could be decoded; see the errors listed")
+    per_split = {k: probe_split(features.features, splits.labels, features.readable, splits.train[k],
+                                splits.test[k], len(splits.classes), c=c, c_grid=c_grid, max_iter=max_iter,
+                                seed=seed)
+                 for k in splits.train}
+    return {"splits": per_split, "top1_mean": float(np.mean([r["top1"] for r in per_split.values()]))}

@@ -1,0 +1,73 @@
+"""Evaluation output: a printed table, a JSON file with every number, and a recall@K / top-K plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def format_table(title: str, rows: dict[str, dict[str, float]], columns: list[str]) -> str:
+    """A fixed-width text table: ``title``, a header of ``columns``, one line per entry of ``rows``."""
+    width = max([len(name) for name in rows] + [8])
+    lines = [title, f"{'':<{width}}  " + "  ".join(f"{c:>8}" for c in columns)]
+    for name, values in rows.items():
+        cells = []
+        for column in columns:
+            value = values.get(column)
+            if value is None:
+                cells.append(f"{'-':>8}")
+            else:
+                cells.append(f"{value:>8.2f}" if isinstance(value, float) else f"{value:>8}")
+        lines.append(f"{name:<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # JSON has no inf/NaN
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: str | Path, result: dict) -> None:
+    """Write ``result`` (numpy values converted, non-finite floats as null) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def plot_curves(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], *, title: str,
+                xlabel: str = "K", ylabel: str = "recall@K") -> None:
+    """One line per curve (ks int [K], values in [0, 1] [K]); log-scaled K axis when K spans > 20."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on training nodes or CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    for name, (ks, values) in curves.items():
+        ax.plot(ks, 100 * np.asarray(values), label=name, drawstyle="steps-post")
+    if max(len(ks) for ks, _ in curves.values()) > 20:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=f"{ylabel} (%)", ylim=(0, 100))
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
