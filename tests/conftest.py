@@ -1,6 +1,7 @@
 """Shared fixtures: tiny run configs written on the fly."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,3 +16,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
+
+
+def make_video(path, colour="red", seconds=2.0, fps=10, size="80x60", codec="libx264"):
+    """A small solid-colour video with a moving test pattern corner, written with the ffmpeg CLI."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    f"color=c={colour}:size={size}:rate={fps}:duration={seconds}", "-vf",
+                    "drawbox=x=t*10:y=5:w=10:h=10:color=white:t=fill", "-c:v", codec, "-pix_fmt", "yuv420p",
+                    str(path)], check=True)
+    return path

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_video
 from safetensors.torch import save_file
-from test_zeroshot import make_video
 
 from mmpt_lite.checkpoint import save_checkpoint
 from mmpt_lite.config import ModelConfig, RunConfig, TextTowerConfig, VideoTowerConfig

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from test_zeroshot import make_video
+from conftest import make_video
 
 from mmpt_lite.evaluation import cli
 from mmpt_lite.evaluation.linear_probe import probe_split, read_hmdb_splits, topk_accuracy_curve

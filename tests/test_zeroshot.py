@@ -1,10 +1,10 @@
 """Zero-shot retrieval: window placement, decoding, scoring, unreadable videos, the in-training API, the CLI."""
 
-import subprocess
 
 import numpy as np
 import pytest
 import torch
+from conftest import make_video
 
 from mmpt_lite.config import ModelConfig, TextTowerConfig, VideoTowerConfig
 from mmpt_lite.evaluation import cli
@@ -20,16 +20,6 @@ from mmpt_lite.models.build import build_model
 
 COLOURS = ["red", "blue", "green", "yellow"]
 WORDS = ["a", "red", "blue", "green", "yellow", "square", "video", "spins", "broken"]
-
-
-def make_video(path, colour="red", seconds=2.0, fps=10, size="80x60", codec="libx264"):
-    """A small solid-colour video with a moving test pattern corner, written with the ffmpeg CLI."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    f"color=c={colour}:size={size}:rate={fps}:duration={seconds}", "-vf",
-                    "drawbox=x=t*10:y=5:w=10:h=10:color=white:t=fill", "-c:v", codec, "-pix_fmt", "yuv420p",
-                    str(path)], check=True)
-    return path
 
 
 @pytest.fixture(scope="module")
