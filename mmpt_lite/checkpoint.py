@@ -14,7 +14,6 @@ A step folder is assembled under a temporary name and renamed into place; ``late
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,23 +24,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmpt_lite.config import RunConfig, save_config
+from mmpt_lite.fileio import atomic_write_text, file_sha256
 
 FORMAT = "mmpt_lite"
 VERSION = 1
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def checkpoint_root(output_dir: str | os.PathLike) -> Path:
@@ -69,7 +55,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, *, model_state: di
     if final.exists():  # a rerun that reached the same step again: replace it whole
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _atomic_write_text(root / "latest", final.name + "\n")
+    atomic_write_text(root / "latest", final.name + "\n")
     for old in list_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import yaml
 
+from mmpt_lite.fileio import atomic_write_text
+
 # Where the default synthetic corpus lives when a config leaves data.root relative.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,7 +77,10 @@ class TextTowerConfig:
     vocab_size: int = 66250
     word_dim: int = 300
     hidden_dim: int = 2048
-    train_word2vec: bool = True  # for the synthetic demo: fit gensim word2vec on the corpus captions
+    train_word2vec: bool = True  # no text.path: build the vocabulary from the corpus captions (the demo)
+    # ...and initialise it with word2vec fitted on those captions, or randomly. (Templated captions give
+    # every colour word the same contexts, so word2vec maps them to nearly the same vector.)
+    word_init: Literal["word2vec", "random"] = "word2vec"
     train_embeddings: bool = False  # word vectors frozen as in MIL-NCE; the small demo corpus needs them trained
     freeze: bool = False
 
@@ -378,9 +383,7 @@ def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
     """Write the resolved config atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(dump_config(cfg))
-    os.replace(tmp, path)
+    atomic_write_text(path, dump_config(cfg))
 
 
 def resolve_path(p: str) -> Path:

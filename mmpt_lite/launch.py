@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from mmpt_lite.config import ConfigError, RunConfig, dump_config, load_config, resolve_path, save_config
+from mmpt_lite.fileio import atomic_write_text
 
 JOB_TYPES = ("local_single", "local_small", "local_big", "slurm")
 TRAIN_MODULE = "mmpt_lite.train.main"
@@ -136,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         save_config(cfg, config_path)
         script_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = script_path.with_suffix(".tmp")
-        tmp.write_text(script)
-        os.replace(tmp, script_path)
+        atomic_write_text(script_path, script)
         print(f"wrote sbatch script: {script_path}")
         if shutil.which("sbatch"):
             return subprocess.call(["sbatch", str(script_path)])

@@ -15,7 +15,6 @@ from safetensors.torch import save_file
 from mmpt_lite.checkpoint import save_checkpoint
 from mmpt_lite.config import ModelConfig, RunConfig, TextTowerConfig, VideoTowerConfig
 from mmpt_lite.evaluation import cli
-from mmpt_lite.evaluation.cache import file_sha256
 from mmpt_lite.evaluation.checkpoints import (
     MILNCE_REPO,
     MMPT_FORMAT,
@@ -25,6 +24,7 @@ from mmpt_lite.evaluation.checkpoints import (
     detect_checkpoint,
     load_model,
 )
+from mmpt_lite.fileio import file_sha256
 from mmpt_lite.models.build import build_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from mmpt_lite.config import RunConfig, resolve_path
 
 log = logging.getLogger("mmpt_lite")
@@ -84,21 +86,31 @@ def _ensure_shards(cfg: RunConfig, root: Path, shard_root: Path, build: bool) ->
 
 
 def _ensure_word_vectors(cfg: RunConfig, shard_root: Path, caption_store, build: bool) -> RunConfig:
-    """For the word2vec tower with no ``model.text.path``: fit word2vec on the corpus captions."""
+    """For the word2vec tower with no ``model.text.path``: a vocabulary from the corpus captions, with
+    word2vec vectors fitted on them (a word2vec text file) or none (a word list ``.npy``: random init)."""
     text = cfg.model.text
     if text.kind != "word2vec" or text.path:
         return cfg
     if not text.train_word2vec:
         raise FileNotFoundError("model.text.path: a word2vec file or dictionary is required when "
                                 "model.text.train_word2vec is false")
-    path = shard_root / f"word2vec_{text.word_dim}d.txt"
+    name = f"word2vec_{text.word_dim}d.txt" if text.word_init == "word2vec" else "vocabulary.npy"
+    path = shard_root / name
     if not path.is_file():
         if not build:
-            raise FileNotFoundError(f"model.text.path: {path} is not ready (the main rank trains it)")
-        from mmpt_lite.models.text import train_word2vec
+            raise FileNotFoundError(f"model.text.path: {path} is not ready (the main rank builds it)")
         sentences = [t for vid in caption_store.video_ids for t in caption_store.get(vid)[2]]
-        log.info("training word2vec (%d-d) on %d corpus captions -> %s", text.word_dim, len(sentences), path)
-        train_word2vec(sentences, path, dim=text.word_dim, seed=cfg.train.seed, epochs=20)
+        if text.word_init == "word2vec":
+            from mmpt_lite.models.text import train_word2vec
+            log.info("training word2vec (%d-d) on %d corpus captions -> %s", text.word_dim, len(sentences), path)
+            train_word2vec(sentences, path, dim=text.word_dim, seed=cfg.train.seed, epochs=20)
+        else:
+            from mmpt_lite.models.text import split_words
+            words = sorted({w for t in sentences for w in split_words(t)})
+            log.info("corpus vocabulary: %d words from %d captions -> %s", len(words), len(sentences), path)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
+            np.save(tmp, np.array(words))
+            os.replace(tmp, path)
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text=dataclasses.replace(text, path=str(path))))
 
 

@@ -41,11 +41,11 @@ from mmpt_lite.data.shards import (
     read_caption_file,
     read_feature_list,
     read_video_list,
-    sha256_file,
     verify_shard_entry,
     write_json_atomic,
 )
 from mmpt_lite.data.video import SpatialTransform, VideoDecodeError, iter_clip_frames, probe_video
+from mmpt_lite.fileio import file_sha256
 
 # Skip kinds that remove a listed video from the output (the others are informational).
 DROPPED_VIDEO_KINDS = ("video", "captions", "features")
@@ -283,7 +283,7 @@ def _assemble_shard(task: _ShardTask, rows: list[dict]) -> dict:
            for role, path in files.items()}
     return {"index": task.index, "name": task.name, "inputs_sha256": task.inputs_sha256, "videos": len(kept),
             "frames": int(sum(counts)), "captions": int(captions.starts[-1]),
-            "files": {role: {"path": rel[role], "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            "files": {role: {"path": rel[role], "bytes": path.stat().st_size, "sha256": file_sha256(path)}
                       for role, path in files.items()},
             "skipped": [asdict(s) for r in rows for s in r["skips"]]}
 

@@ -26,7 +26,6 @@ All offset arrays follow VideoCLIP's scheme: ``starts[0] = 0``, ``starts[-1] = l
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -40,19 +39,12 @@ import pandas as pd
 import simplejpeg
 
 from mmpt_lite.data.video import read_clip, resize_rgb
+from mmpt_lite.fileio import atomic_write_text, file_sha256
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "mmpt_lite.shards"
 FORMAT_VERSION = 1
 STORAGE_KINDS = ("jpeg", "raw", "h264")
-
-
-def sha256_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_manifest(root: str | Path) -> dict:
@@ -69,13 +61,8 @@ def load_manifest(root: str | Path) -> dict:
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write to a temporary file, fsync, then rename over ``path``: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON atomically and durably: readers see the old or the new file, even after a crash."""
+    atomic_write_text(path, json.dumps(payload, indent=1), fsync=True)
 
 
 def verify_shard_entry(root: Path, entry: dict) -> list[str]:
@@ -89,7 +76,7 @@ def verify_shard_entry(root: Path, entry: dict) -> list[str]:
         size = path.stat().st_size
         if size != meta["bytes"]:
             problems.append(f"{path}: {size} bytes but the manifest says {meta['bytes']} (truncated or rewritten)")
-        elif sha256_file(path) != meta["sha256"]:
+        elif file_sha256(path) != meta["sha256"]:
             problems.append(f"{path}: sha256 differs from the manifest (corrupted)")
     return problems
 

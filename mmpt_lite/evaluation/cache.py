@@ -18,14 +18,6 @@ import numpy as np
 DEFAULT_CACHE_DIR = Path("~/.cache/mmpt_lite/features").expanduser()
 
 
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def files_fingerprint(paths: list[Path]) -> str:
     """sha256 over (path, size, mtime_ns) of each file; a missing file contributes its path only.
 

@@ -24,7 +24,8 @@ import torch
 from safetensors.torch import load_file
 
 from mmpt_lite.config import ModelConfig, RunConfig, TextTowerConfig, VideoTowerConfig, load_config, resolve_path
-from mmpt_lite.evaluation.cache import cache_key, file_sha256
+from mmpt_lite.evaluation.cache import cache_key
+from mmpt_lite.fileio import file_sha256
 from mmpt_lite.models.build import VideoTextModel, build_model
 from mmpt_lite.models.s3d import uses_space_to_depth
 from mmpt_lite.models.text import load_word2vec, load_word_dictionary

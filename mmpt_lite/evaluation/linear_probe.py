@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmpt_lite.evaluation.cache import FeatureCache, cache_key, file_sha256, files_fingerprint
+from mmpt_lite.evaluation.cache import FeatureCache, cache_key, files_fingerprint
 from mmpt_lite.evaluation.features import (
     ProbeProtocol,
     VideoRequest,
@@ -25,6 +25,7 @@ from mmpt_lite.evaluation.features import (
     decode_probe_windows,
     extract_window_features,
 )
+from mmpt_lite.fileio import file_sha256
 
 SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<split>\d+)\.txt$")
 TRAIN_CODE, TEST_CODE = 1, 2

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from mmpt_lite.fileio import atomic_write_text
 
 
 def format_table(title: str, rows: dict[str, dict[str, float]], columns: list[str]) -> str:
@@ -45,9 +46,7 @@ def write_json(path: str | Path, result: dict) -> None:
     """Write ``result`` (numpy values converted, non-finite floats as null) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_jsonable(result), indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_jsonable(result), indent=2) + "\n")
 
 
 def plot_curves(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], *, title: str,

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmpt_lite.evaluation.cache import FeatureCache, cache_key, file_sha256, files_fingerprint
+from mmpt_lite.evaluation.cache import FeatureCache, cache_key, files_fingerprint
 from mmpt_lite.evaluation.features import (
     RetrievalProtocol,
     VideoRequest,
@@ -28,6 +28,7 @@ from mmpt_lite.evaluation.features import (
     extract_window_features,
 )
 from mmpt_lite.evaluation.metrics import ground_truth_ranks, metrics_from_ranks
+from mmpt_lite.fileio import file_sha256
 
 KINDS = ("msrvtt", "youcook")
 DEFAULT_CSV = {"msrvtt": "msrvtt_test.csv", "youcook": "validation_youcook.csv"}
