@@ -6,11 +6,14 @@ import shlex
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from mmpt_lite.config import load_config
 from mmpt_lite.launch import build_command, render_sbatch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def dryrun(repo_root, *args):
@@ -105,3 +108,12 @@ def test_readme_commands_and_ci_agree(repo_root):
     ci = (repo_root / ".ci" / "run").read_text()
     assert test_cmd.strip() in ci.splitlines()
     assert "pip install" in main_cmd and "pip install" in test_cmd
+
+
+@pytest.mark.parametrize("project", sorted(p.name for p in (REPO_ROOT / "projects").glob("*.yaml")))
+def test_every_project_dryruns(repo_root, project):
+    """Every shipped recipe validates and renders a launch command without its data being present."""
+    r = subprocess.run([sys.executable, "locallaunch.py", f"projects/{project}", "--jobtype", "local_big", "--dryrun"],
+                       cwd=repo_root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "torch.distributed.run" in r.stdout and "# resolved config" in r.stdout

@@ -47,7 +47,9 @@ def run_launch(jobtype, overrides, *, popen=False):
 
 
 def test_first_line_names_data_and_preset(corpus, tmp_path):
-    r = run_launch("local_single", [f"data.root={corpus}", f"train.output_dir={tmp_path}", "train.max_steps=1"])
+    # Also covers the word2vec-initialised vocabulary (the fixture run used the default word_init).
+    r = run_launch("local_single", [f"data.root={corpus}", f"train.output_dir={tmp_path}", "train.max_steps=1",
+                                    "model.text.word_init=word2vec"])
     assert r.returncode == 0, r.stderr[-3000:]
     first = r.stdout.splitlines()[0]
     assert first.startswith("mmpt_lite local_single: data how2-synth") and "video=vit_tiny" in first
