@@ -37,6 +37,8 @@ VIDEO_PRESETS: dict[str, dict] = {
     "s3d": {"arch": "s3d", "space_to_depth": True},  # official s3d_howto100m.pth
     "s3d_nos2d": {"arch": "s3d", "space_to_depth": False},  # MIL-NCE training-repo checkpoints
     "vit_tiny": {"arch": "vit", "width": 192, "depth": 4, "num_heads": 3},  # CPU demo size
+    # The same with 8-px patches: at 64 px an object spans ~2x2 tokens instead of one (4x the tokens).
+    "vit_tiny_p8": {"arch": "vit", "width": 192, "depth": 4, "num_heads": 3, "patch_size": 8},
     "vit_s": {"arch": "vit", "width": 384, "depth": 12, "num_heads": 6},
     "vit_b": {"arch": "vit", "width": 768, "depth": 12, "num_heads": 12},
     "vit_l": {"arch": "vit", "width": 1024, "depth": 24, "num_heads": 16},
