@@ -1,0 +1,97 @@
+"""``model.video.init_from``: initialise a ViT video tower from another run's or another library's encoder.
+
+Accepted sources (``path``):
+
+* an mmpt_lite run folder (its ``checkpoints/latest``) or one checkpoint step folder -- of a
+  masked-pretraining run (``encoder.*`` keys) or of a contrastive run (``video_tower.*`` keys);
+* a state-dict file (``.safetensors``, or ``.bin``/``.pt``/``.pth`` read with ``weights_only=True``,
+  optionally wrapped as ``{"model": ...}``, ``{"state_dict": ...}`` or ``{"module": ...}``) in the
+  ``transformers`` VideoMAE layout (converted by :mod:`mmpt_lite.models.convert_hf`), in VideoMAE's
+  original layout (``encoder.*`` = mmpt_lite names) or bare VideoViT names.
+
+Only the encoder is taken (decoder tensors are counted as ignored). Stored position tables are
+dropped: VideoViT recomputes its fixed sinusoid table for the actual token count, so a checkpoint
+trained at another frame count or resolution loads unchanged. Shape mismatches are errors; the
+report lists missing and unexpected keys.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from mmpt_lite.checkpoint import latest_checkpoint, load_checkpoint
+from mmpt_lite.config import resolve_path
+from mmpt_lite.models.convert_hf import convert_hf_videomae, is_hf_videomae
+from mmpt_lite.models.vit import VideoViT
+
+_POSITION_TABLES = ("pos_embed", "position_embeddings")
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, description of the source) of a run folder, checkpoint folder or state-dict file."""
+    path = resolve_path(str(path))
+    if path.is_dir():
+        step = path if (path / "meta.json").is_file() else latest_checkpoint(path)
+        if step is None:
+            raise FileNotFoundError(f"model.video.init_from: {path} holds no mmpt_lite checkpoint")
+        return load_checkpoint(step, with_train_state=False)["model"], f"mmpt_lite checkpoint {step}"
+    if not path.is_file():
+        raise FileNotFoundError(f"model.video.init_from: {path} does not exist")
+    if path.suffix == ".safetensors":
+        return load_file(str(path)), f"safetensors file {path}"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("model", "state_dict", "module"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"model.video.init_from: {path} is not a state dict of tensors")
+    return state, f"state-dict file {path}"
+
+
+def encoder_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str, list[str]]:
+    """(VideoViT-named encoder tensors, source layout, keys left out) of a state dict in any accepted layout."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # DDP-wrapped saves
+    if is_hf_videomae(state):
+        state, unused = convert_hf_videomae(state)
+        layout = "transformers VideoMAE"
+    else:
+        unused, layout = [], "VideoMAE / mmpt_lite"
+    for prefix in ("encoder.", "video_tower."):
+        if any(k.startswith(prefix) for k in state):
+            encoder = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            unused += [k for k in state if not k.startswith(prefix)]
+            break
+    else:
+        encoder = dict(state)
+    for key in [k for k in encoder if k.split(".")[-1] in _POSITION_TABLES]:
+        unused.append(key)
+        del encoder[key]
+    return encoder, layout, unused
+
+
+def init_video_tower(model: torch.nn.Module, path: str | Path) -> str:
+    """Load the encoder found at ``path`` into ``model.video_tower``; returns a one-line report."""
+    tower = model.video_tower
+    if not isinstance(tower, VideoViT):
+        raise ValueError(f"model.video.init_from: needs a ViT video tower, not {type(tower).__name__}")
+    state, source = read_state_dict(path)
+    encoder, layout, left_out = encoder_state(state)
+    own = tower.state_dict()
+    mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in encoder.items()
+                  if k in own and v.shape != own[k].shape]
+    if mismatched:
+        raise ValueError(f"model.video.init_from: {source} does not fit model.video.preset "
+                         f"(checkpoint vs tower shapes): {'; '.join(mismatched[:5])}"
+                         + (f"; and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""))
+    result = tower.load_state_dict(encoder, strict=False)
+    loaded = len(encoder) - len(result.unexpected_keys)
+    ignored = Counter(k.split(".")[0] for k in left_out)  # e.g. decoder x 42, text_tower x 6
+    return (f"loaded {loaded} tensors into video_tower from {source} ({layout} layout); "
+            f"missing keys: {', '.join(result.missing_keys) or 'none'}; "
+            f"unexpected keys: {', '.join(result.unexpected_keys) or 'none'}; "
+            f"ignored (not encoder): {', '.join(f'{k} x {n}' for k, n in ignored.items()) or 'none'}; "
+            "position table: recomputed for the tower's token count")
