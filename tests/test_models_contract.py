@@ -14,10 +14,10 @@ NUM_CANDIDATES = 3
 # Video-tower parameter counts (S3D's include its fc 1024 -> 512). vit_s / vit_b plus a 400-class head give VideoMAE's published
 # fine-tuning sizes (22,033,936 = 22.03M and 86,534,800 = 86.53M).
 VIDEO_TOWER_PARAMS = {
-    "s3d": 9_670_800, "s3d_nos2d": 9_649_872, "vit_tiny": 2_074_176, "vit_s": 21_879_936,
+    "s3d": 9_670_800, "s3d_nos2d": 9_649_872, "vit_tiny": 2_074_176, "vit_tiny_p8": 1_852_992, "vit_s": 21_879_936,
     "vit_b": 86_227_200, "vit_l": 303_860_736, "vit_h": 631_607_040, "vit_g": 1_011_610_752,
 }
-RUN_ON_CPU = ["s3d", "s3d_nos2d", "vit_tiny", "vit_s"]
+RUN_ON_CPU = ["s3d", "s3d_nos2d", "vit_tiny", "vit_tiny_p8", "vit_s"]
 
 
 def small_cfg(preset: str, kind: str = "word2vec", embed_dim: int = 32, **text) -> ModelConfig:
@@ -59,7 +59,8 @@ def test_preset_forward_backward(preset):
         assert out["mixed_5c"].shape == (2, 1024) and "video_tokens" not in out
         assert model.video_mean == (0.0, 0.0, 0.0) and model.video_std == (1.0, 1.0, 1.0)
     else:
-        assert out["video_tokens"].shape == (2, 4 * 2 * 2, width)
+        patch = VIDEO_PRESETS[preset].get("patch_size", 16)
+        assert out["video_tokens"].shape == (2, (8 // 2) * (size // patch) ** 2, width)  # tubelet 2 x patch²
         assert model.video_mean == (0.485, 0.456, 0.406) and model.video_std == (0.229, 0.224, 0.225)
     video_only = model(video=video)
     assert "text_embedding" not in video_only and "video_embedding" in video_only
