@@ -1,6 +1,6 @@
 """VideoMAE masked video pretraining: masks drawn on the device, the decoder, targets and loss.
 
-Facts reproduced (VideoMAE v1, VideoMAE v2 dual masking; see docs/architecture.md):
+Facts reproduced (VideoMAE v1, VideoMAE v2 dual masking):
 
 * Tube masking: one spatial mask shared by every temporal slice; ``int(ratio · H'W')`` tokens per
   slice are hidden (ratio 0.9 at 16×224²: 176 of 196 per slice, 160 of 1,568 visible in all).
@@ -31,10 +31,10 @@ from mmpt_lite.config import MaeConfig
 from mmpt_lite.models.build import VIDEO_PRESETS, build_video_tower
 from mmpt_lite.models.vit import IMAGENET_MEAN, IMAGENET_STD, Block, VideoViT, sinusoid_table
 
-# Decoder (width, heads) per encoder preset, from VideoMAE's model definitions (H: v2's 512; v1 used 640).
-MAE_DECODER_PRESETS: dict[str, tuple[int, int]] = {
-    "vit_tiny": (96, 3), "vit_s": (192, 3), "vit_b": (384, 6), "vit_l": (512, 8), "vit_h": (512, 8),
-    "vit_g": (512, 8),
+# Decoder (width, heads) by encoder width, from VideoMAE's model definitions (S, B, L, H with v2's 512 -- v1
+# used 640 -- and g); other widths get half the encoder width in 64-wide heads.
+MAE_DECODER_BY_WIDTH: dict[int, tuple[int, int]] = {
+    192: (96, 3), 384: (192, 3), 768: (384, 6), 1024: (512, 8), 1280: (512, 8), 1408: (512, 8),
 }
 
 
@@ -241,8 +241,9 @@ def build_mae_pretrainer(preset: str, mae: MaeConfig) -> VideoMAEPretrainer:
         vit_presets = [name for name, spec in VIDEO_PRESETS.items() if spec["arch"] == "vit"]
         raise ValueError(f"model.video.preset: masked pretraining needs a ViT preset, got {preset!r} "
                          f"(valid: {', '.join(vit_presets)})")
-    width, heads = MAE_DECODER_PRESETS[preset]
-    return VideoMAEPretrainer(build_video_tower(preset), decoder_width=mae.decoder_width or width,
+    encoder = build_video_tower(preset)
+    width, heads = MAE_DECODER_BY_WIDTH.get(encoder.width, (encoder.width // 2, max(1, encoder.width // 128)))
+    return VideoMAEPretrainer(encoder, decoder_width=mae.decoder_width or width,
                               decoder_depth=mae.decoder_depth, decoder_heads=mae.decoder_heads or heads,
                               mask_ratio=mae.mask_ratio, masking=mae.masking,
                               decoder_mask_ratio=mae.decoder_mask_ratio, norm_pix_loss=mae.norm_pix_loss)
