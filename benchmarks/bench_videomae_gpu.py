@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
 from mmpt_lite.config import MaeConfig
 from mmpt_lite.data.loader import TrainLoader
@@ -129,28 +128,11 @@ def synthetic_batches(batch: int, args, device: torch.device):
         yield video
 
 
-class RepeatedVideos(Dataset):
-    """A dataset's videos listed ``times`` times over. TrainLoader starts new workers every epoch; with
-    a few test videos an epoch would be one batch, so the list is long enough for one epoch to span
-    the whole measurement (steady state; the per-epoch restart is not measured)."""
-
-    def __init__(self, dataset: Dataset, times: int):
-        self.dataset, self.times = dataset, times
-
-    def __len__(self) -> int:
-        return len(self.dataset) * self.times
-
-    def __getitem__(self, item: tuple[int, int]) -> dict:
-        index, seed = item
-        return self.dataset[(index % len(self.dataset), seed)]
-
-
 def loader_batches(batch: int, args, device: torch.device, shard_root: Path):
     from mmpt_lite.train.mae_task import MaeClipDataset  # the training dataset, unchanged
     clips = MaeClipDataset(ShardedVideoStore(shard_root), num_frames=args.frames, stride=args.stride,
                            video_size=args.size)
-    needed = batch * (args.warmup + args.steps + 1)
-    loader = TrainLoader(RepeatedVideos(clips, -(-needed // len(clips))), batch_size=batch, rank=0, world_size=1,
+    loader = TrainLoader(clips, batch_size=batch, rank=0, world_size=1,
                          seed=0, num_workers=args.workers, pin_memory=device.type == "cuda")
     for item in loader:
         yield item["video"].to(device, non_blocking=True)

@@ -74,7 +74,7 @@ def final_weights(out_dir):
 
 
 def test_sigkill_then_resume_matches_uninterrupted(corpus, tmp_path):
-    steps = 10
+    steps = 30  # long enough that the kill lands mid-run (a step takes tens of ms here)
     common = [f"data.root={corpus}", f"train.max_steps={steps}", "train.ckpt_every=2", "train.keep_last=2"]
     ref = run_launch("local_single", common + [f"train.output_dir={tmp_path / 'ref'}"])
     assert ref.returncode == 0, ref.stderr[-3000:]
@@ -89,7 +89,7 @@ def test_sigkill_then_resume_matches_uninterrupted(corpus, tmp_path):
         if ck is not None and int(ck.name.split("_")[1]) >= kill_after:
             break
         time.sleep(0.05)
-    time.sleep(float(rng.uniform(0, 0.5)))
+    time.sleep(float(rng.uniform(0, 0.2)))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = int(latest_checkpoint(out).name.split("_")[1])

@@ -169,7 +169,10 @@ class TrainLoader:
                           batch_size=self.batch_size)
 
     def __iter__(self) -> Iterator[dict]:
-        while True:
+        if self.plan_provider is None:
+            yield from self._iter_shuffled()
+            return
+        while True:  # a provided plan may need the current model: one DataLoader per epoch, made on time
             epoch, start = self.position.epoch, self.position.step
             plan = self._plan_for(epoch)
             if plan.ndim != 3 or plan.shape[1:] != (self.world_size, self.batch_size):
@@ -183,3 +186,54 @@ class TrainLoader:
                 self.position = DataPosition(epoch, step + 1)
                 yield batch
             self.position = DataPosition(epoch + 1, 0)
+
+    def _iter_shuffled(self) -> Iterator[dict]:
+        """Shuffled epochs through one DataLoader that spans them, so the workers start once (a small
+        corpus has epochs of a few steps; restarting workers each epoch cost more than the steps). The
+        sampler runs ahead of the trainer by the prefetch depth, so each batch carries its own
+        (epoch, step) and ``position`` advances only as batches are handed out."""
+        sampler = _ShuffledEpochsSampler(len(self.dataset), rank=self.rank, world_size=self.world_size,
+                                         batch_size=self.batch_size, seed=self.seed, start=self.position)
+        loader = DataLoader(_PositionTagged(self.dataset), batch_sampler=sampler, num_workers=self.num_workers,
+                            collate_fn=_collate_tagged, pin_memory=self.pin_memory,
+                            prefetch_factor=4 if self.num_workers else None)
+        for batch, (epoch, step) in loader:
+            self.position = DataPosition(epoch, step + 1)  # as the per-epoch path: (e, steps) == (e + 1, 0)
+            yield batch
+
+
+class _ShuffledEpochsSampler:
+    """Endless batches of (video_index, sample_seed, epoch, step) over successive ``epoch_plan``s."""
+
+    def __init__(self, num_videos: int, *, rank: int, world_size: int, batch_size: int, seed: int,
+                 start: DataPosition):
+        self.num_videos, self.rank, self.world_size, self.batch_size = num_videos, rank, world_size, batch_size
+        self.seed, self.start = seed, start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int, int]]]:
+        epoch, first = self.start.epoch, self.start.step
+        while True:
+            plan = epoch_plan(self.num_videos, epoch=epoch, seed=self.seed, world_size=self.world_size,
+                              batch_size=self.batch_size)
+            for step in range(first, len(plan)):
+                yield [(int(v), slot_seed(self.seed, epoch, step, self.rank, j), epoch, step)
+                       for j, v in enumerate(plan[step, self.rank])]
+            epoch, first = epoch + 1, 0
+
+
+class _PositionTagged(Dataset):
+    """Wraps a (video_index, seed) dataset so each sample comes back with its plan position."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int, int, int]) -> tuple[dict, tuple[int, int]]:
+        index, seed, epoch, step = item
+        return self.dataset[(index, seed)], (epoch, step)
+
+
+def _collate_tagged(samples: list[tuple[dict, tuple[int, int]]]) -> tuple[dict, tuple[int, int]]:
+    return collate([sample for sample, _ in samples]), samples[0][1]
