@@ -168,6 +168,7 @@ class EvalConfig:
     fps: float = 5.0
     video_size: int = 112
     batch_size: int = 16
+    hmdb_fps: float = 0.0  # HMDB probe decoding rate; 0 = native (the published protocol)
 
 
 @dataclass(kw_only=True)

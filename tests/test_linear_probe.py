@@ -118,3 +118,30 @@ def test_hmdb_probe_end_to_end_with_cache_and_a_corrupt_video(tmp_path):
     assert cli.main("hmdb", args + ["--svm_c", "0.01", "1", "100"]) == 0  # another C: features from the cache
     result = json.loads((tmp_path / "hmdb.json").read_text())["models"]["random init"]
     assert result["from_cache"] and set(result["splits"]["2"]["holdout_accuracy"]) == {"0.01", "1.0", "100.0"}
+
+
+def write_grey_ramp(path, frames: int, fps: int = 25):
+    """Lossless video whose frame i is uniformly grey level 4·i (a crop or resize keeps the level)."""
+    import av
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "bgr0"
+        for i in range(frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 4 * i, np.uint8),
+                                                                   format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def test_probe_windows_native_rate_or_resampled(tmp_path):
+    from mmpt_lite.evaluation.features import ProbeProtocol, VideoRequest, decode_probe_windows
+    request = VideoRequest("ramp", str(write_grey_ramp(tmp_path / "ramp.mkv", 50)))  # 2 s at 25 fps
+
+    def frame_ids(windows):
+        return [[int(frame.mean()) // 4 for frame in window] for window in windows]
+
+    native = decode_probe_windows(request, ProbeProtocol(num_windows=2, num_frames=4, video_size=32))
+    assert native.shape == (2, 4, 32, 32, 3)
+    assert frame_ids(native) == [[0, 1, 2, 3], [46, 47, 48, 49]]  # contiguous frames at linspace(0, 50 - 4)
+    sparse = decode_probe_windows(request, ProbeProtocol(num_windows=2, num_frames=4, video_size=32, fps=5.0))
+    assert frame_ids(sparse) == [[0, 5, 10, 15], [30, 35, 40, 45]]  # 10 frames at 5 fps, windows at 0 and 6

@@ -68,8 +68,11 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     parser.add_argument("--num_thread_reader", type=int, default=1, help="decode worker processes")
     parser.add_argument("--num_windows_test", type=int, help="windows per video (averaged / each an SVM sample)")
     parser.add_argument("--num_frames", type=int, help="frames per window")
-    if task != "hmdb":  # HMDB windows are contiguous frames at the native rate
+    if task != "hmdb":
         parser.add_argument("--fps", type=float, help="decoding rate of each window")
+    else:  # HMDB windows are contiguous frames of the whole video, by default at its native rate
+        parser.add_argument("--fps", type=float, help="resample the video to this rate first (default: the run "
+                            "config's eval.hmdb_fps; 0 = native rate, the published protocol)")
     parser.add_argument("--video_size", type=int, help="side of the centre square crop after resizing")
     if task == "hmdb":
         parser.add_argument("--svm_c", type=float, nargs="+", help=f"LinearSVC C (default {DEFAULT_C:g}); "
@@ -127,19 +130,23 @@ def _protocol(task: str, args, run_cfg: RunConfig | None) -> tuple[RetrievalProt
         e = run_cfg.eval
         defaults = {"num_windows_test": e.num_windows_test, "num_frames": e.num_frames, "fps": e.fps,
                     "video_size": e.video_size, "batch_size": e.batch_size}
+        if task == "hmdb":
+            defaults["fps"] = e.hmdb_fps
         source = "run config eval section"
     else:
-        defaults, source = PUBLISHED_PROTOCOL, "published MIL-NCE protocol"
+        defaults, source = dict(PUBLISHED_PROTOCOL), "published MIL-NCE protocol"
+        if task == "hmdb":
+            defaults["fps"] = 0.0  # native rate
     value = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v for k, v in defaults.items()}
     for name in ("num_windows_test", "num_frames", "video_size", "batch_size"):
         if value[name] < 1:
             raise UsageError(f"--{name} must be at least 1, got {value[name]}")
-    if value["fps"] <= 0:
-        raise UsageError(f"--fps must be positive, got {value['fps']}")
+    if value["fps"] < 0 or (value["fps"] == 0 and task != "hmdb"):
+        raise UsageError(f"--fps must be positive{' (or 0 = native)' if task == 'hmdb' else ''}, got {value['fps']}")
     if args.num_thread_reader < 0:
         raise UsageError(f"--num_thread_reader must be >= 0, got {args.num_thread_reader}")
     if task == "hmdb":
-        protocol = ProbeProtocol(value["num_windows_test"], value["num_frames"], value["video_size"])
+        protocol = ProbeProtocol(value["num_windows_test"], value["num_frames"], value["video_size"], value["fps"])
     else:
         protocol = RetrievalProtocol(value["num_windows_test"], value["num_frames"], value["fps"],
                                      value["video_size"])

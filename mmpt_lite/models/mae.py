@@ -29,7 +29,7 @@ from torch import nn
 
 from mmpt_lite.config import MaeConfig
 from mmpt_lite.models.build import VIDEO_PRESETS, build_video_tower
-from mmpt_lite.models.vit import IMAGENET_MEAN, IMAGENET_STD, Block, VideoViT, sinusoid_table
+from mmpt_lite.models.vit import IMAGENET_MEAN, IMAGENET_STD, Block, VideoViT, init_weights, sinusoid_table
 
 # Decoder (width, heads) by encoder width, from VideoMAE's model definitions (S, B, L, H with v2's 512 -- v1
 # used 640 -- and g); other widths get half the encoder width in 64-wide heads.
@@ -158,7 +158,7 @@ class MaeDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(width, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.head = nn.Linear(width, out_dim)
-        self.apply(_xavier_init)
+        self.apply(init_weights)  # VideoMAE inits its decoder as its encoder
 
     def forward(self, x: torch.Tensor, num_predicted: int) -> torch.Tensor:
         """[B, N_vis + N_dec, width] -> [B, num_predicted, out_dim]."""
@@ -247,14 +247,3 @@ def build_mae_pretrainer(preset: str, mae: MaeConfig) -> VideoMAEPretrainer:
                               decoder_depth=mae.decoder_depth, decoder_heads=mae.decoder_heads or heads,
                               mask_ratio=mae.mask_ratio, masking=mae.masking,
                               decoder_mask_ratio=mae.decoder_mask_ratio, norm_pix_loss=mae.norm_pix_loss)
-
-
-def _xavier_init(module: nn.Module) -> None:
-    # VideoMAE's decoder init (as its encoder's): xavier-uniform Linear weights, zero biases, unit LayerNorms.
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)

@@ -137,7 +137,7 @@ class VideoViT(nn.Module):
         else:
             self.norm = nn.LayerNorm(width, eps=1e-6)
             self.fc_norm = None
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def token_grid(self, video_shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
         """(T', H', W') token grid for a video of shape [B, C, T, H, W]."""
@@ -167,8 +167,8 @@ class VideoViT(nn.Module):
         return {"video_tokens": tokens, "pooled": pooled}
 
 
-def _init_weights(module: nn.Module) -> None:
-    # VideoMAE's encoder init: xavier-uniform Linear weights, zero biases, unit LayerNorms;
+def init_weights(module: nn.Module) -> None:
+    # VideoMAE's encoder (and decoder) init: xavier-uniform Linear weights, zero biases, unit LayerNorms;
     # the patch Conv3d keeps PyTorch's default init, as VideoMAE's does.
     if isinstance(module, nn.Linear):
         nn.init.xavier_uniform_(module.weight)
