@@ -97,8 +97,13 @@ def describe_run(cfg: RunConfig, jobtype: str) -> str:
     d = cfg.data
     data = (f"how2-synth (synthetic seed {d.synthetic.seed}, size {d.synthetic.size}) at {resolve_path(d.root)}"
             if d.synthetic.enabled else f"{resolve_path(d.root)}")
-    return (f"mmpt_lite {jobtype}: data {data} | model preset video={cfg.model.video.preset} "
-            f"text={cfg.model.text.kind} | loss {cfg.loss.name} | output {resolve_path(cfg.train.output_dir)}")
+    if cfg.train.task == "mae":  # masked pretraining: no text tower, no contrastive loss
+        m = cfg.mae
+        model = (f"model preset video={cfg.model.video.preset} | masked pretraining: {m.masking} masking "
+                 f"{m.mask_ratio:g}, decoder depth {m.decoder_depth}")
+    else:
+        model = f"model preset video={cfg.model.video.preset} text={cfg.model.text.kind} | loss {cfg.loss.name}"
+    return f"mmpt_lite {jobtype}: data {data} | {model} | output {resolve_path(cfg.train.output_dir)}"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

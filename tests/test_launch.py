@@ -117,3 +117,11 @@ def test_every_project_dryruns(repo_root, project):
                        cwd=repo_root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "torch.distributed.run" in r.stdout and "# resolved config" in r.stdout
+
+
+def test_first_line_names_the_task():
+    from mmpt_lite.launch import describe_run
+    milnce = describe_run(load_config(REPO_ROOT / "projects" / "how2_pretrain.yaml"), "local_small")
+    assert "video=vit_tiny" in milnce and "text=word2vec" in milnce and "loss milnce" in milnce
+    mae = describe_run(load_config(REPO_ROOT / "projects" / "videomae_cpu.yaml"), "local_single")
+    assert "masked pretraining: tube masking 0.9, decoder depth 4" in mae and "loss" not in mae

@@ -38,8 +38,9 @@ class MetricLogger:
             self.tb = SummaryWriter(str(out_dir / "tb"))
         except ImportError:  # tensorboard is a dependency; tolerate a trimmed install
             log.warning("tensorboard not installed: TensorBoard logging disabled")
+        # Redirected to a file, a bar redrawn every second buries the log lines: redraw every 30 s there.
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
-                        mininterval=1.0, file=sys.stderr)
+                        mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
 
     def log(self, step: int, metrics: dict[str, float], *, kind: str = "train") -> None:
         if not self.enabled:
@@ -54,9 +55,8 @@ class MetricLogger:
     def progress(self, step: int, *, loss: float, lr: float, videos_per_s: float) -> None:
         if self.bar is None:
             return
-        self.bar.n = step
         self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", vid_s=f"{videos_per_s:.1f}", refresh=False)
-        self.bar.refresh()
+        self.bar.update(step - self.bar.n)  # redraws at most every mininterval (and at the last step)
 
     def close(self) -> None:
         if not self.enabled:

@@ -115,9 +115,11 @@ def run(cfg: RunConfig, config_path: Path | None = None) -> int:
         if prepared is None:
             prepared = prepare_for_task(cfg, build=False)
         cfg = prepared.cfg
-        log.info("mmpt_lite run | task: %s | data: %s (%d videos, shards %s) | model: video=%s text=%s | "
-                 "loss: %s | ranks: %d on %s", cfg.train.task, prepared.name, prepared.num_videos,
-                 prepared.shard_root, cfg.model.video.preset, cfg.model.text.kind, cfg.loss.name,
+        what = (f"video={cfg.model.video.preset}, {cfg.mae.masking} masking {cfg.mae.mask_ratio:g}"
+                if cfg.train.task == "mae" else
+                f"video={cfg.model.video.preset} text={cfg.model.text.kind} | loss: {cfg.loss.name}")
+        log.info("mmpt_lite run | task: %s | data: %s (%d videos, shards %s) | model: %s | ranks: %d on %s",
+                 cfg.train.task, prepared.name, prepared.num_videos, prepared.shard_root, what,
                  info.world_size, device)
         if info.is_main:
             save_config(cfg, out_dir / "config.yaml")
