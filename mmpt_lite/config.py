@@ -68,6 +68,9 @@ class VideoTowerConfig:
     preset: str = "vit_tiny"  # see mmpt_lite.models.build for the valid names
     init_from: str = ""  # checkpoint whose video encoder initialises this tower
     freeze: bool = False
+    # ViT towers: "mean" projects the mean token (VideoMAE's pooled feature); "max" projects every token
+    # and keeps each dimension's maximum, so an object covering a few tokens is not averaged away.
+    pool: Literal["mean", "max"] = "mean"
 
 
 @dataclass(kw_only=True)

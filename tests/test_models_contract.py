@@ -109,3 +109,18 @@ def test_unknown_preset_lists_the_valid_choices():
     with pytest.raises(ValueError) as info:
         build_model(small_cfg("vit_xl"))
     assert "vit_xl" in str(info.value) and all(name in str(info.value) for name in VIDEO_PRESETS)
+
+
+def test_max_token_pool_projects_every_token():
+    torch.manual_seed(0)
+    cfg = ModelConfig(video=VideoTowerConfig(preset="vit_tiny", pool="max"),
+                      text=TextTowerConfig(kind="word2vec", vocab_size=len(VOCAB) + 1, word_dim=8, hidden_dim=16),
+                      embed_dim=16)
+    model = build_model(cfg, vocab=VOCAB, max_words=4)
+    video = torch.randn(2, 3, 4, 32, 32)
+    out = assert_trains(model, video, CAPTIONS)
+    expected = model.video_proj(out["video_tokens"]).amax(dim=1)  # one object's tokens are not averaged away
+    assert torch.allclose(out["video_embedding"], expected)
+    assert not torch.allclose(out["video_embedding"], model.video_proj(out["pooled"]))
+    with pytest.raises(ValueError, match="model.video.pool"):
+        build_model(ModelConfig(video=VideoTowerConfig(preset="s3d", pool="max")), vocab=VOCAB)

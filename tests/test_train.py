@@ -1,6 +1,7 @@
 """End-to-end training on the tiny synthetic corpus: a 2-rank gloo run, exact resume after SIGKILL,
 the non-finite guard, and the warmup + cosine schedule."""
 
+import json
 import os
 import signal
 import subprocess
@@ -121,3 +122,17 @@ def test_warmup_cosine():
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
     assert abs(lrs[4] - 1.0) < 1e-12 and abs(lrs[20] - 0.1) < 1e-12
     assert all(x >= y for x, y in zip(lrs[4:], lrs[5:], strict=False))
+
+
+def test_retrieval_augmented_batches_with_infonce_on_two_ranks(corpus, tmp_path):
+    """VideoCLIP's mined batches drive a 2-rank InfoNCE run: mined at the start of every epoch from 1 on."""
+    r = run_launch("local_small", [f"data.root={corpus}", f"train.output_dir={tmp_path}", "train.max_steps=4",
+                                   "data.batch_size=1", "loss.name=infonce", "retri.enabled=true",
+                                   "retri.start_epoch=1", "retri.every_epochs=1", "retri.index=flat",
+                                   "retri.clips_per_video=1", "train.ckpt_every=4"])
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "retri.jsonl").read_text().splitlines()]
+    mined = [row for row in rows if row["mined_fresh"]]
+    assert [row["epoch"] for row in mined] == [1]  # 6 videos / (2 ranks x 1) = 3 steps per epoch
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path))
+    assert ckpt["meta"]["step"] == 4 and "plan" in ckpt["train_state"]["data_position"]  # the mined plan is checkpointed

@@ -102,8 +102,13 @@ class VideoTextModel(nn.Module):
       ``text_embedding`` [N or B·K, D].
     """
 
-    def __init__(self, video_tower: S3D | VideoViT, text_tower: nn.Module, embed_dim: int):
+    def __init__(self, video_tower: S3D | VideoViT, text_tower: nn.Module, embed_dim: int, pool: str = "mean"):
         super().__init__()
+        if pool not in ("mean", "max"):
+            raise ValueError(f"model.video.pool: {pool!r} is not one of mean, max")
+        if pool != "mean" and isinstance(video_tower, S3D):
+            raise ValueError("model.video.pool: S3D projects its own pooled mixed_5c; only ViT presets take 'max'")
+        self.pool = pool
         if isinstance(video_tower, S3D):
             # Official layout: S3D's own layers become this module's children, so the state-dict
             # keys equal the published checkpoint's. The towers stay reachable as plain
@@ -141,7 +146,11 @@ class VideoTextModel(nn.Module):
 
     def encode_video(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         out = dict(self.video_tower(video))
-        if self.video_proj is not None:
+        if self.video_proj is None:
+            return out
+        if self.pool == "max":  # [B, N, width] -> [B, N, D] -> [B, D]
+            out["video_embedding"] = self.video_proj(out["video_tokens"]).amax(dim=1)
+        else:
             out["video_embedding"] = self.video_proj(out["pooled"])
         return out
 
@@ -181,7 +190,7 @@ def build_model(cfg: ModelConfig, *, vocab: Sequence[str] | None = None, max_wor
     """
     video_tower = build_video_tower(cfg.video.preset, cfg.embed_dim)
     text_tower = build_text_tower(cfg.text, cfg.embed_dim, vocab=vocab, max_words=max_words)
-    model = VideoTextModel(video_tower, text_tower, cfg.embed_dim)
+    model = VideoTextModel(video_tower, text_tower, cfg.embed_dim, pool=cfg.video.pool)
     if cfg.video.freeze:
         freeze_backbone(video_tower)
     if cfg.text.freeze:
