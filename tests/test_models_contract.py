@@ -124,3 +124,19 @@ def test_max_token_pool_projects_every_token():
     assert not torch.allclose(out["video_embedding"], model.video_proj(out["pooled"]))
     with pytest.raises(ValueError, match="model.video.pool"):
         build_model(ModelConfig(video=VideoTowerConfig(preset="s3d", pool="max")), vocab=VOCAB)
+
+
+def test_frozen_s3d_keeps_its_batchnorm_statistics():
+    torch.manual_seed(0)
+    cfg = small_cfg("s3d", hidden_dim=64)
+    cfg.video.freeze = True
+    model = build_model(cfg, vocab=VOCAB).train()
+    stats = {n: b.clone() for n, b in model.named_buffers() if "running_mean" in n}
+    assert stats and not model.video_tower.training
+    out = model(video=torch.rand(2, 3, 8, 64, 64))
+    out["video_embedding"].sum().backward()  # the projection (fc) still trains
+    assert model.fc.weight.grad is not None
+    assert all(torch.equal(b, stats[n]) for n, b in model.named_buffers() if n in stats)
+    unfrozen = build_model(small_cfg("s3d", hidden_dim=64), vocab=VOCAB).train()
+    unfrozen(video=torch.rand(2, 3, 8, 64, 64))
+    assert any(not torch.equal(b, stats[n]) for n, b in unfrozen.named_buffers() if n in stats)

@@ -127,6 +127,10 @@ class VideoTextModel(nn.Module):
     def train(self, mode: bool = True) -> VideoTextModel:
         super().train(mode)
         self.video_tower.training = mode  # the S3D alias is not a child, so train() would not reach its flag
+        # A frozen tower stays in eval mode: its BatchNorm statistics and dropout must not change either.
+        for tower in (self.video_tower, self.text_tower):
+            if mode and getattr(tower, "frozen", False):
+                tower.train(False)
         return self
 
     @property
@@ -169,8 +173,10 @@ class VideoTextModel(nn.Module):
 
 
 def freeze_backbone(tower: nn.Module) -> None:
-    """Stop gradients into ``tower`` except its ``projection`` layer (when it has one)."""
+    """Stop gradients into ``tower`` except its ``projection`` layer (when it has one); the model keeps a
+    frozen tower in eval mode (see ``VideoTextModel.train``)."""
     tower.requires_grad_(False)
+    tower.frozen = True
     projection = getattr(tower, "projection", None)
     if projection is not None:
         projection.requires_grad_(True)
@@ -195,4 +201,4 @@ def build_model(cfg: ModelConfig, *, vocab: Sequence[str] | None = None, max_wor
         freeze_backbone(video_tower)
     if cfg.text.freeze:
         freeze_backbone(text_tower)
-    return model
+    return model.train(model.training)  # puts frozen towers in eval mode
