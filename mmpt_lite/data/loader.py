@@ -215,9 +215,9 @@ class _ShuffledEpochsSampler:
         while True:
             plan = epoch_plan(self.num_videos, epoch=epoch, seed=self.seed, world_size=self.world_size,
                               batch_size=self.batch_size)
-            for step in range(first, len(plan)):
-                yield [(int(v), slot_seed(self.seed, epoch, step, self.rank, j), epoch, step)
-                       for j, v in enumerate(plan[step, self.rank])]
+            batches = PlanBatchSampler(plan, rank=self.rank, epoch=epoch, seed=self.seed, start_step=first)
+            for step, batch in enumerate(batches, start=first):
+                yield [(index, seed, epoch, step) for index, seed in batch]
             epoch, first = epoch + 1, 0
 
 
