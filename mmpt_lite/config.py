@@ -58,7 +58,14 @@ class DataConfig:
     min_time: float = 5.0  # clip span is widened to at least this many seconds
     random_flip: bool = True  # MIL-NCE flips; turn off when captions name left/right or (anti)clockwise
     max_words: int = 20
-    batch_size: int = 16  # videos per rank per step
+    batch_size: int = 16  # clips per rank per step
+    # Clips of one video side by side in a batch, each anchored in a different part of its captions: they
+    # share the scene and objects, so telling them apart takes the actions (1 = MIL-NCE, one per video).
+    clips_per_video: int = 1
+    # Every clip also enters the batch played backwards, its captions' direction words swapped (left/right,
+    # grows/shrinks, appears/disappears): a hard negative that only temporal order separates. Doubles the
+    # clips per step (batch_size counts samples). For corpora whose actions read backwards as their opposites.
+    reversed_twins: bool = False
     num_workers: int = 2
     decoder: Literal["pyav", "ffmpeg", "decord", "torchcodec"] = "pyav"
 
@@ -201,6 +208,17 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def __post_init__(self) -> None:
+        clips, batch = self.data.clips_per_video, self.data.batch_size
+        if clips < 1 or batch % clips:
+            raise ConfigError(f"data.clips_per_video: {clips} must be at least 1 and divide data.batch_size ({batch})")
+        if self.data.reversed_twins and self.retri.enabled:
+            raise ConfigError("data.reversed_twins: retrieval-augmented batches (retri.enabled) embed single clips; "
+                              "turn one of them off")
+        if clips > 1 and self.retri.enabled:
+            raise ConfigError("data.clips_per_video: retrieval-augmented batches (retri.enabled) plan one clip per "
+                              "video; use 1 with retri")
 
 
 # --------------------------------------------------------------------------- validation

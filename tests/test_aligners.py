@@ -7,6 +7,7 @@ from mmpt_lite.data.aligners import (
     apply_crop,
     mae_frame_indices,
     milnce_sample,
+    time_reversed_caption,
     multiscale_crop,
     nearest_candidates,
     overlapped_clips,
@@ -75,6 +76,23 @@ def test_milnce_sample_is_inside_span_and_deterministic():
                       clip_seconds=3.2)
 
 
+@pytest.mark.parametrize("n,parts", [(10, 2), (7, 3), (2, 4)])
+def test_milnce_sample_parts_draw_anchors_from_their_own_run_of_captions(n, parts):
+    starts = np.arange(n) * 5.0
+    ends = starts + 3.0  # min_time below the caption length: the span is the anchor caption itself
+    for part in range(parts):
+        anchors = set()
+        for seed in range(60):
+            c = milnce_sample(starts, ends, np.random.default_rng(seed), num_candidates=2, min_time=1.0,
+                              clip_seconds=1.0, duration=n * 5.0, part=part, parts=parts)
+            anchors.add(int(np.flatnonzero(starts == c.span[0])[0]))
+        lo, hi = part * n // parts, max(part * n // parts + 1, (part + 1) * n // parts)
+        assert anchors == set(range(lo, hi)), (part, anchors)
+    with pytest.raises(ValueError, match="part 2"):
+        milnce_sample(starts, ends, np.random.default_rng(0), num_candidates=2, min_time=1.0, clip_seconds=1.0,
+                      part=2, parts=2)
+
+
 def test_milnce_sample_fewer_captions_than_k_repeats_last():
     c = milnce_sample(np.array([1.0, 5.0]), np.array([2.0, 6.0]), np.random.default_rng(1), num_candidates=4,
                       min_time=5.0, clip_seconds=3.2, duration=10.0)
@@ -121,3 +139,13 @@ def test_mae_frame_indices():
     assert len(idx) == 16 and (np.diff(idx) == 4).all() and idx[-1] < 200
     short = mae_frame_indices(20, rng, num_frames=16, stride=2)
     assert short[0] == 0 and short.max() == 19 and (np.diff(short) >= 0).all()
+
+
+def test_time_reversed_caption_swaps_direction_words_both_ways():
+    pairs = [("the red star moves to the left", "the red star moves to the right"),
+             ("lift the box up", "lower the box down"), ("the ball gets bigger", "the ball gets smaller"),
+             ("it rotates clockwise", "it rotates anticlockwise"), ("a ring appears", "a ring disappears")]
+    for forward, backward in pairs:
+        assert time_reversed_caption(forward) == backward and time_reversed_caption(backward) == forward
+    assert time_reversed_caption("It spins COUNTERCLOCKWISE") == "it spins clockwise"
+    assert time_reversed_caption("the star bounces") == "the star bounces"

@@ -59,6 +59,54 @@ def test_epoch_plan_empty_corpus():
         epoch_plan(0, epoch=0, seed=0, world_size=1, batch_size=2)
 
 
+@pytest.mark.parametrize("n,world,batch,group", [(12, 2, 4, 2), (10, 1, 6, 3), (4, 2, 4, 4)])
+def test_epoch_plan_groups_keep_a_videos_clips_in_one_batch(n, world, batch, group):
+    plan = epoch_plan(n * group, epoch=1, seed=2, world_size=world, batch_size=batch, group=group)
+    runs = plan.reshape(-1, group)
+    assert (runs % group == np.arange(group)).all() and (runs // group == runs[:, :1] // group).all()
+    assert set(plan.reshape(-1).tolist()) == set(range(n * group)), "every clip of every video each epoch"
+    assert plan.shape[1:] == (world, batch) and plan.shape[0] == -(-n // (world * batch // group))
+    ungrouped = epoch_plan(n, epoch=1, seed=2, world_size=world, batch_size=batch)
+    assert np.array_equal(ungrouped, epoch_plan(n, epoch=1, seed=2, world_size=world, batch_size=batch, group=1))
+    with pytest.raises(ValueError, match="group 5"):
+        epoch_plan(n * group, epoch=1, seed=2, world_size=world, batch_size=batch, group=5)
+
+
+def test_clips_per_video_batches_hold_different_moments_of_each_video():
+    """Two clips per video: a batch holds both, one anchored in each half of the captions."""
+    dataset = MilNceClipDataset(ArrayVideoStore(6), ArrayCaptionStore(), tokenize, num_frames=4, fps=5.0,
+                                video_size=8, num_candidates=1, min_time=0.5, clips_per_video=2)
+    loader = TrainLoader(dataset, batch_size=4, rank=0, world_size=1, seed=3)
+    assert len(dataset) == 12 and loader.steps_per_epoch() == 3
+    for _, batch in zip(range(6), loader, strict=False):
+        videos = batch["video_index"].tolist()
+        assert videos[0] == videos[1] and videos[2] == videos[3] and videos[0] != videos[2]
+        caption = batch["text"]["input_ids"][:, 0, 1] - 1  # the single candidate = the anchor caption
+        assert (caption[0::2] < 4).all() and (caption[1::2] >= 4).all(), caption
+
+
+def test_reversed_twins_sit_beside_their_clip_played_backwards():
+    class DirectionCaptions:
+        def get(self, vid):
+            starts = np.arange(0.0, 8.0, 1.0, dtype=np.float32)
+            return starts, starts + 0.8, [f"{vid} goes left {i}" for i in range(8)]
+
+    def word_ids(texts):  # 1 = left, 2 = right, then the caption number
+        return {"input_ids": torch.tensor([[1 if "left" in t else 2, int(t.split()[-1])] for t in texts])}
+
+    dataset = MilNceClipDataset(ArrayVideoStore(5), DirectionCaptions(), word_ids, num_frames=4, fps=5.0,
+                                video_size=8, num_candidates=3, min_time=0.5, reversed_twins=True)
+    batch = next(iter(TrainLoader(dataset, batch_size=2, rank=0, world_size=1, seed=1)))
+    assert batch["video"].shape == (4, 4, 8, 8, 3) and batch["text"]["input_ids"].shape == (4, 3, 2)
+    frames = batch["video"][:, :, 0, 0, 1]  # frame numbers
+    assert (frames[1] == frames[0].flip(0)).all() and (frames[3] == frames[2].flip(0)).all()
+    assert (frames[0].diff() > 0).all(), "the first of a pair plays forwards"
+    ids = batch["text"]["input_ids"]
+    assert (ids[0::2, :, 0] == 1).all() and (ids[1::2, :, 0] == 2).all(), "left became right"
+    assert (ids[0::2, :, 1] == ids[1::2, :, 1]).all(), "same captions otherwise"
+    assert batch["video_index"].tolist()[0::2] == batch["video_index"].tolist()[1::2]
+
+
 def collect(loader, steps):
     it = iter(loader)
     out = []

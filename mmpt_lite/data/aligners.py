@@ -58,16 +58,25 @@ def widen_span(start: float, end: float, min_time: float, duration: float | None
 
 
 def milnce_sample(starts: np.ndarray, ends: np.ndarray, rng: np.random.Generator, *, num_candidates: int,
-                  min_time: float, clip_seconds: float, duration: float | None = None) -> ClipChoice:
+                  min_time: float, clip_seconds: float, duration: float | None = None, part: int = 0,
+                  parts: int = 1) -> ClipChoice:
     """MIL-NCE sampling: a random anchor caption, its K nearest contiguous captions, a clip inside its span.
 
     The clip span is the anchor caption's span widened to ``min_time``; the clip (``clip_seconds``
-    long, e.g. 16 frames at 5 fps = 3.2 s) starts uniformly at random inside it.
+    long, e.g. 16 frames at 5 fps = 3.2 s) starts uniformly at random inside it. With ``parts`` > 1 the
+    anchor is drawn from the ``part``-th of ``parts`` equal runs of captions, so several clips of one
+    video in a batch come from different moments (different steps) of it.
     """
     n = len(starts)
     if n == 0:
         raise ValueError("video has no captions")
-    anchor = int(rng.integers(n))
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} is not in [0, {parts})")
+    if parts == 1:
+        anchor = int(rng.integers(n))
+    else:
+        lo = part * n // parts
+        anchor = lo + int(rng.integers(max(1, (part + 1) * n // parts - lo)))
     first = nearest_candidates(starts, ends, anchor, num_candidates)
     caption_ids = np.clip(np.arange(first, first + num_candidates), 0, n - 1).astype(np.int64)
     span = widen_span(float(starts[anchor]), float(ends[anchor]), min_time, duration)
@@ -156,3 +165,26 @@ def apply_crop(frames: np.ndarray, crop: CropChoice) -> np.ndarray:
     """Crop (and flip) uint8 frames [T,H,W,3] -> [T,h,w,3] (a view when not flipped)."""
     out = frames[:, crop.top:crop.top + crop.height, crop.left:crop.left + crop.width]
     return out[:, :, ::-1] if crop.flip else out
+
+
+# Words whose meaning flips when a clip plays backwards (moving left reversed is moving right, growing
+# reversed is shrinking, appearing reversed is disappearing). Single words only: multi-word phrases
+# ("fades in") keep their other words, which is acceptable noise for a hard negative.
+_REVERSED_PAIRS = (
+    ("left", "right"), ("leftwards", "rightwards"), ("up", "down"), ("upwards", "downwards"),
+    ("top", "bottom"), ("rises", "sinks"), ("lift", "lower"), ("clockwise", "anticlockwise"),
+    ("grow", "shrink"), ("grows", "shrinks"), ("bigger", "smaller"), ("larger", "smaller"),
+    ("expands", "contracts"), ("enlarge", "squeeze"), ("appear", "disappear"), ("appears", "disappears"),
+    ("appearing", "disappearing"), ("in", "out"), ("into", "out of"), ("add", "remove"),
+)
+TIME_REVERSED_WORDS = {**{a: b for a, b in _REVERSED_PAIRS}, **{b: a for a, b in _REVERSED_PAIRS},
+                       "counterclockwise": "clockwise", "larger": "smaller", "smaller": "bigger"}
+
+
+def time_reversed_caption(text: str) -> str:
+    """The caption of the same clip played backwards: direction words swapped (lower-cased text).
+
+    ``time_reversed_caption("the red star moves to the left")`` -> ``"the red star moves to the right"``.
+    Captions without such words come back unchanged (their reversed clip is no hard negative).
+    """
+    return " ".join(TIME_REVERSED_WORDS.get(word, word) for word in text.lower().split())

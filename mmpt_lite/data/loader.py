@@ -22,20 +22,31 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mmpt_lite.data.aligners import apply_crop, milnce_sample, random_crop
+from mmpt_lite.data.aligners import apply_crop, milnce_sample, random_crop, time_reversed_caption
 
 
-def epoch_plan(num_videos: int, *, epoch: int, seed: int, world_size: int, batch_size: int) -> np.ndarray:
-    """Video indices for one epoch: int64 [steps, world_size, batch_size]."""
+def epoch_plan(num_videos: int, *, epoch: int, seed: int, world_size: int, batch_size: int,
+               group: int = 1) -> np.ndarray:
+    """Sample indices for one epoch: int64 [steps, world_size, batch_size].
+
+    ``num_videos`` counts samples. With ``group`` > 1 they come in runs of ``group`` (sample
+    ``v * group + j`` is clip j of video v) and the runs are shuffled, never split: each batch holds
+    ``batch_size / group`` whole videos, ``group`` clips of each side by side.
+    """
     if num_videos <= 0:
         raise ValueError("the training corpus has no videos")
+    if group < 1 or num_videos % group or batch_size % group:
+        raise ValueError(f"group {group} must divide both the sample count {num_videos} and the batch {batch_size}")
     rng = np.random.default_rng([seed, epoch, 0x9E3779B9])
-    order = rng.permutation(num_videos)
-    per_step = world_size * batch_size
-    steps = math.ceil(num_videos / per_step)
-    pad = steps * per_step - num_videos
+    units = num_videos // group
+    order = rng.permutation(units)
+    per_step = world_size * batch_size // group
+    steps = math.ceil(units / per_step)
+    pad = steps * per_step - units
     if pad:  # resample (without replacement when possible) so all ranks take equal steps
-        order = np.concatenate([order, rng.choice(num_videos, pad, replace=pad > num_videos)])
+        order = np.concatenate([order, rng.choice(units, pad, replace=pad > units)])
+    if group > 1:
+        order = (order[:, None] * group + np.arange(group)).reshape(-1)
     return order.reshape(steps, world_size, batch_size).astype(np.int64)
 
 
@@ -70,22 +81,28 @@ class PlanBatchSampler:
 
 
 class MilNceClipDataset(Dataset):
-    """One MIL-NCE sample per (video index, seed): uint8 frames and K caption candidates.
+    """One MIL-NCE sample per (sample index, seed): uint8 frames and K caption candidates.
 
     Reads frames from a sharded store (frames at ``store.fps``) and captions from a caption store.
-    Returns {"video": uint8 [T, S, S, 3], "text": {name: int64 [K, L]}, "video_index": int64}.
+    With ``clips_per_video`` = c, sample ``v * c + j`` is video v's clip from the j-th of c equal runs of
+    its captions (so ``len`` = c × videos; ``epoch_plan(..., group=c)`` keeps a video's c clips in one batch).
+    Returns {"video": uint8 [T, S, S, 3], "text": {name: int64 [K, L]}, "video_index": int64}; with
+    ``reversed_twins`` each field gains a leading 2: the clip, then the same clip played backwards with
+    its captions' direction words swapped (a hard negative only temporal order tells apart, as in
+    "Test of Time" / TACT). ``collate`` puts a batch's twins side by side.
     """
 
     def __init__(self, video_store, caption_store, tokenize: Callable[[list[str]], dict[str, torch.Tensor]], *,
                  num_frames: int, fps: float, video_size: int, num_candidates: int, min_time: float,
-                 random_flip: bool = True):
+                 random_flip: bool = True, clips_per_video: int = 1, reversed_twins: bool = False):
         self.videos, self.captions, self.tokenize = video_store, caption_store, tokenize
         self.video_ids = list(video_store.video_ids)
         self.num_frames, self.fps, self.size = num_frames, fps, video_size
         self.num_candidates, self.min_time, self.random_flip = num_candidates, min_time, random_flip
+        self.clips_per_video, self.reversed_twins = clips_per_video, reversed_twins
 
     def __len__(self) -> int:
-        return len(self.video_ids)
+        return len(self.video_ids) * self.clips_per_video
 
     def frame_indices(self, clip_start: float, total: int) -> np.ndarray:
         """Stored-frame indices for ``num_frames`` samples at ``fps`` from ``clip_start`` (int64 [T])."""
@@ -93,14 +110,16 @@ class MilNceClipDataset(Dataset):
         return np.minimum(np.floor(times * self.videos.fps + 1e-6).astype(np.int64), max(0, total - 1))
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
-        index, seed = item
+        sample, seed = item
+        index, part = divmod(sample, self.clips_per_video)
         rng = np.random.default_rng(seed)
         vid = self.video_ids[index]
         starts, ends, texts = self.captions.get(vid)
         total = self.videos.num_frames(vid)
         duration = total / self.videos.fps
         choice = milnce_sample(starts, ends, rng, num_candidates=self.num_candidates, min_time=self.min_time,
-                               clip_seconds=self.num_frames / self.fps, duration=duration)
+                               clip_seconds=self.num_frames / self.fps, duration=duration, part=part,
+                               parts=self.clips_per_video)
         idx = self.frame_indices(choice.clip_start, total)
         first = int(idx[0])
         frames = self.videos.read_frames(vid, first, int(idx[-1]) - first + 1)
@@ -109,16 +128,31 @@ class MilNceClipDataset(Dataset):
         clip = np.zeros((self.num_frames, self.size, self.size, 3), np.uint8)  # zero-pad short clips
         cropped = apply_crop(frames, crop)
         clip[:len(cropped), :cropped.shape[1], :cropped.shape[2]] = cropped
-        text = self.tokenize([texts[i] for i in choice.caption_ids])
-        return {"video": torch.from_numpy(clip), "text": text, "video_index": torch.tensor(index)}
+        captions = [texts[i] for i in choice.caption_ids]
+        if not self.reversed_twins:
+            return {"video": torch.from_numpy(clip), "text": self.tokenize(captions),
+                    "video_index": torch.tensor(index)}
+        text = self.tokenize(captions + [time_reversed_caption(c) for c in captions])
+        return {"video": torch.from_numpy(np.stack([clip, clip[::-1]])),
+                "text": {k: v.view(2, len(captions), *v.shape[1:]) for k, v in text.items()},
+                "video_index": torch.tensor([index, index])}
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack samples: video uint8 [B,T,S,S,3], text {name: [B,K,L]}, video_index [B]."""
+    """Stack samples: video uint8 [B,T,S,S,3], text {name: [B,K,L]}, video_index [B].
+
+    Samples carrying twins (a leading 2 on every field) give B = 2 × samples, twins adjacent.
+    """
+    twins = samples[0]["video_index"].ndim == 1
+
+    def stack(values: list[torch.Tensor]) -> torch.Tensor:
+        out = torch.stack(values)
+        return out.flatten(0, 1) if twins else out
+
     return {
-        "video": torch.stack([s["video"] for s in samples]),
-        "text": {k: torch.stack([s["text"][k] for s in samples]) for k in samples[0]["text"]},
-        "video_index": torch.stack([s["video_index"] for s in samples]),
+        "video": stack([s["video"] for s in samples]),
+        "text": {k: stack([s["text"][k] for s in samples]) for k in samples[0]["text"]},
+        "video_index": stack([s["video_index"] for s in samples]),
     }
 
 
@@ -142,9 +176,11 @@ class TrainLoader:
         self.custom_plan: np.ndarray | None = None  # the current epoch's provided plan, if any
         self._resumed_plan = False  # True right after load_state_dict restored a provided plan
         self.position = DataPosition()
+        # A dataset with several clips per video keeps each video's clips in one batch.
+        self.group = getattr(dataset, "clips_per_video", 1)
 
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.dataset) / (self.world_size * self.batch_size))
+        return math.ceil(len(self.dataset) // self.group / (self.world_size * self.batch_size // self.group))
 
     def state_dict(self) -> dict:
         state = self.position.state_dict()
@@ -166,7 +202,7 @@ class TrainLoader:
         if self.custom_plan is not None:
             return self.custom_plan
         return epoch_plan(len(self.dataset), epoch=epoch, seed=self.seed, world_size=self.world_size,
-                          batch_size=self.batch_size)
+                          batch_size=self.batch_size, group=self.group)
 
     def __iter__(self) -> Iterator[dict]:
         if self.plan_provider is None:
@@ -193,7 +229,8 @@ class TrainLoader:
         sampler runs ahead of the trainer by the prefetch depth, so each batch carries its own
         (epoch, step) and ``position`` advances only as batches are handed out."""
         sampler = _ShuffledEpochsSampler(len(self.dataset), rank=self.rank, world_size=self.world_size,
-                                         batch_size=self.batch_size, seed=self.seed, start=self.position)
+                                         batch_size=self.batch_size, seed=self.seed, start=self.position,
+                                         group=self.group)
         loader = DataLoader(_PositionTagged(self.dataset), batch_sampler=sampler, num_workers=self.num_workers,
                             collate_fn=_collate_tagged, pin_memory=self.pin_memory,
                             prefetch_factor=4 if self.num_workers else None)
@@ -206,15 +243,15 @@ class _ShuffledEpochsSampler:
     """Endless batches of (video_index, sample_seed, epoch, step) over successive ``epoch_plan``s."""
 
     def __init__(self, num_videos: int, *, rank: int, world_size: int, batch_size: int, seed: int,
-                 start: DataPosition):
+                 start: DataPosition, group: int = 1):
         self.num_videos, self.rank, self.world_size, self.batch_size = num_videos, rank, world_size, batch_size
-        self.seed, self.start = seed, start
+        self.seed, self.start, self.group = seed, start, group
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int, int]]]:
         epoch, first = self.start.epoch, self.start.step
         while True:
             plan = epoch_plan(self.num_videos, epoch=epoch, seed=self.seed, world_size=self.world_size,
-                              batch_size=self.batch_size)
+                              batch_size=self.batch_size, group=self.group)
             batches = PlanBatchSampler(plan, rank=self.rank, epoch=epoch, seed=self.seed, start_step=first)
             for step, batch in enumerate(batches, start=first):
                 yield [(index, seed, epoch, step) for index, seed in batch]

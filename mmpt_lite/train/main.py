@@ -91,7 +91,8 @@ def build_contrastive_components(cfg: RunConfig, prepared: PreparedData, device:
     dataset = MilNceClipDataset(prepared.video_store, prepared.caption_store, model.tokenizer,
                                 num_frames=cfg.data.num_frames, fps=cfg.data.fps, video_size=cfg.data.video_size,
                                 num_candidates=cfg.data.num_candidates, min_time=cfg.data.min_time,
-                                random_flip=cfg.data.random_flip)
+                                random_flip=cfg.data.random_flip, clips_per_video=cfg.data.clips_per_video,
+                                reversed_twins=cfg.data.reversed_twins)
     return Components(model=model, loss_fn=build_loss(cfg.loss), dataset=dataset,
                       eval_fn=make_eval_fn(cfg, prepared, device))
 
