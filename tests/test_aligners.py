@@ -7,11 +7,11 @@ from mmpt_lite.data.aligners import (
     apply_crop,
     mae_frame_indices,
     milnce_sample,
-    time_reversed_caption,
     multiscale_crop,
     nearest_candidates,
     overlapped_clips,
     random_crop,
+    time_reversed_caption,
     widen_span,
 )
 
