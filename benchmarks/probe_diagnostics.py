@@ -1,0 +1,143 @@
+"""Why does a checkpoint do well or badly on the HMDB-format probe? Side by side with random init.
+
+For a run folder (or any checkpoint `eval/eval_hmdb.py` accepts) and the same architecture at random
+initialisation, on an HMDB-format folder (default: the run's synthetic hmdb51/):
+  1. the linear probe (the protocol's LinearSVC, all splits) on several pooled features: mean token (the
+     protocol's), max token, the retrieval embedding; raw and standardised, over a few C values;
+  2. zero-shot action classification of the same clips, when the folder is how2-synth's (the corpus's
+     ground_truth.jsonl names each clip's object): captions "the <colour> <shape> <verb>" for every class,
+     the clip's own object in all of them, so only the action words differ.
+Windows are decoded once (probe protocol, --fps/--num_frames/--num_windows) and reused for everything.
+
+  python benchmarks/probe_diagnostics.py --run runs/how2_pretrain
+  python benchmarks/probe_diagnostics.py --run runs/how2_pretrain --large_set /tmp/hmdb_large
+The second renders the "large" size preset's HMDB-format set (11 classes x 60 clips, 176 test clips per
+split instead of 30) once into the folder, for estimates with less noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmpt_lite.config import resolve_path
+from mmpt_lite.data.synthetic_plan import plan_corpus
+from mmpt_lite.data.synthetic_render import render_video
+from mmpt_lite.data.synthetic_text import DESCRIBE
+from mmpt_lite.evaluation.checkpoints import load_model
+from mmpt_lite.evaluation.features import (
+    ProbeProtocol,
+    VideoRequest,
+    WindowFeatures,
+    decode_probe_windows,
+    normalise_video,
+)
+from mmpt_lite.evaluation.linear_probe import probe_all_splits, read_hmdb_splits
+
+
+def pooled_features(model, windows: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
+    """windows uint8 [V, W, T, S, S, 3] -> {name: float [V, W, D]} for each pooling."""
+    parts: dict[str, list[np.ndarray]] = {"mean token": [], "max token": [], "embedding": []}
+    with torch.no_grad():
+        for first in range(0, len(windows), batch):
+            chunk = torch.from_numpy(windows[first:first + batch])
+            num_videos, num_windows = chunk.shape[:2]
+            out = model(video=normalise_video(chunk.flatten(0, 1), model, torch.device("cpu")))
+            tokens = out["video_tokens"] if "video_tokens" in out else out["mixed_5c"][:, None]
+            for name, value in (("mean token", tokens.mean(1)), ("max token", tokens.amax(1)),
+                                ("embedding", out["video_embedding"])):
+                parts[name].append(value.reshape(num_videos, num_windows, -1).float().numpy())
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def zero_shot_actions(model, features: np.ndarray, splits, truth: dict[str, dict]) -> float:
+    """Top-1 over the classes' verbs, each caption naming the clip's own object (features [V, W, D] embeddings)."""
+    video = torch.from_numpy(features.mean(axis=1))
+    hits = 0
+    with torch.no_grad():
+        for i, name in enumerate(splits.videos):
+            look = truth[name]["steps"][0]["objects"][0]
+            texts = [f"the {look['colour']} {look['shape']} {DESCRIBE[c][0]}" for c in splits.classes]
+            text = model(text=model.tokenizer(texts))["text_embedding"]
+            hits += int((text @ video[i]).argmax()) == int(splits.labels[i])
+    return hits / len(splits.videos)
+
+
+def render_large_hmdb(out: Path, seed: int) -> Path:
+    """Render the large preset's hmdb51/ split (and its ground truth) into ``out``; returns out/hmdb51."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    if (out / "ground_truth.jsonl").is_file():
+        return out / "hmdb51"
+    plan = plan_corpus(seed, "large")
+    specs = [spec for spec in plan.specs if spec.rel_path.startswith("hmdb51/")]
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(render_video, specs, [str(out)] * len(specs)))
+    for rel, text in plan.files.items():
+        if rel.startswith("hmdb51/"):
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_text(text)
+    records = [r for r in plan.truth if r["split"] == "hmdb51"]
+    (out / "ground_truth.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    return out / "hmdb51"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="run folder or checkpoint")
+    parser.add_argument("--hmdb_root", default="", help="HMDB-format folder (default: the run's synthetic hmdb51/)")
+    parser.add_argument("--ground_truth", default="", help="how2-synth ground_truth.jsonl for the zero-shot part")
+    parser.add_argument("--large_set", default="", help="render the large preset's HMDB set here and use it")
+    parser.add_argument("--fps", type=float, default=2.5)
+    parser.add_argument("--num_frames", type=int, default=8)
+    parser.add_argument("--num_windows", type=int, default=4)
+    parser.add_argument("--video_size", type=int, default=64)
+    parser.add_argument("--svm_c", type=float, nargs="+", default=[1.0, 100.0])
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    trained = load_model(args.run)
+    models = {"checkpoint": trained, "random init": load_model(args.run, random_init=True)}
+    data_root = resolve_path(trained.config.data.root) if trained.config is not None else Path(".")
+    root = Path(args.hmdb_root) if args.hmdb_root else data_root / "hmdb51"
+    if args.large_set:
+        seed = trained.config.data.synthetic.seed if trained.config is not None else 0
+        root = render_large_hmdb(Path(args.large_set), seed)
+    truth_path = Path(args.ground_truth) if args.ground_truth else root.parent / "ground_truth.jsonl"
+    splits = read_hmdb_splits(root / "testTrainMulti_7030_splits")
+    protocol = ProbeProtocol(args.num_windows, args.num_frames, args.video_size, args.fps)
+    started = time.perf_counter()
+    windows = np.stack([decode_probe_windows(VideoRequest(v, str(root / v)), protocol) for v in splits.videos])
+    print(f"{len(splits.videos)} videos, {len(splits.classes)} classes (chance {100 / len(splits.classes):.2f}%), "
+          f"windows {tuple(windows.shape)} decoded in {time.perf_counter() - started:.0f} s")
+    truth = {}
+    if truth_path.is_file():
+        for line in truth_path.read_text().splitlines():
+            record = json.loads(line)
+            if record["path"].startswith(root.name + "/"):
+                truth[record["path"].split("/", 1)[1]] = record
+    readable = np.ones(len(splits.videos), bool)
+    for name, loaded in models.items():
+        model = loaded.model.eval()
+        features = pooled_features(model, windows)
+        for pooling, values in features.items():
+            flat = values.reshape(-1, values.shape[-1])
+            scaled = (values - flat.mean(0)) / (flat.std(0) + 1e-6)
+            cells = []
+            for c in args.svm_c:
+                for label, feats in (("raw", values), ("std", scaled)):
+                    top1 = probe_all_splits(WindowFeatures(feats, readable, {}), splits, c=c)["top1_mean"]
+                    cells.append(f"{label} C={c:g} {100 * top1:5.2f}")
+            print(f"{name:12s} {pooling:10s} probe top-1: " + " | ".join(cells), flush=True)
+        if truth and len(truth) == len(splits.videos) and all(c in DESCRIBE for c in splits.classes):
+            accuracy = zero_shot_actions(model, features["embedding"], splits, truth)
+            print(f"{name:12s} zero-shot action top-1 (own object named in every caption): {100 * accuracy:.2f}")
+
+
+if __name__ == "__main__":
+    main()
