@@ -99,7 +99,6 @@ def main() -> None:
     parser.add_argument("--video_size", type=int, default=64)
     parser.add_argument("--svm_c", type=float, nargs="+", default=[1.0, 100.0])
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     trained = load_model(args.run)
     models = {"checkpoint": trained, "random init": load_model(args.run, random_init=True)}

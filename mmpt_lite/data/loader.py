@@ -180,7 +180,7 @@ class TrainLoader:
         self.group = getattr(dataset, "clips_per_video", 1)
 
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.dataset) // self.group / (self.world_size * self.batch_size // self.group))
+        return math.ceil(len(self.dataset) / (self.world_size * self.batch_size))  # group divides both
 
     def state_dict(self) -> dict:
         state = self.position.state_dict()
