@@ -7,10 +7,14 @@ initialisation, on an HMDB-format folder (default: the run's synthetic hmdb51/):
   2. zero-shot action classification of the same clips, when the folder is how2-synth's (the corpus's
      ground_truth.jsonl names each clip's object): captions "the <colour> <shape> <verb>" for every class,
      the clip's own object in all of them, so only the action words differ.
+  3. with --supervised_steps N: the architecture's capacity for the task, trained from its random init with the
+     labels of split 1's training videos (a linear head on the probe feature, cross-entropy, AdamW, one random
+     window per sample), top-1 on split 1's test videos with the window logits summed.
 Windows are decoded once (probe protocol, --fps/--num_frames/--num_windows) and reused for everything.
 
   python benchmarks/probe_diagnostics.py --run runs/how2_pretrain
   python benchmarks/probe_diagnostics.py --run runs/how2_pretrain --large_set /tmp/hmdb_large
+  python benchmarks/probe_diagnostics.py --run runs/how2_pretrain --large_set /tmp/hmdb_large --supervised_steps 300
 The second renders the "large" size preset's HMDB-format set (11 classes x 60 clips, 176 test clips per
 split instead of 30) once into the folder, for estimates with less noise.
 """
@@ -68,6 +72,49 @@ def zero_shot_actions(model, features: np.ndarray, splits, truth: dict[str, dict
     return hits / len(splits.videos)
 
 
+def supervised_check(model, windows: np.ndarray, splits, *, steps: int, lr: float, batch: int = 32,
+                     seed: int = 0) -> tuple[float, list[float]]:
+    """Train ``model``'s video tower + a linear head on split 1's training windows with the class labels.
+
+    windows uint8 [V, W, T, S, S, 3]. Returns (split-1 test top-1, the training loss every 50 steps).
+    """
+    from mmpt_lite.evaluation.features import probe_feature
+
+    generator = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    labels = torch.from_numpy(splits.labels)
+    train, test = splits.train[1], splits.test[1]
+    tower = model.video_tower
+    with torch.no_grad():
+        width = probe_feature(model(video=normalise_video(torch.from_numpy(windows[:1, 0]), model,
+                                                          torch.device("cpu")))).shape[-1]
+    head = torch.nn.Linear(width, len(splits.classes))
+    params = list(tower.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    model.train()
+    losses = []
+    for step in range(steps):
+        videos = generator.choice(train, batch)
+        picks = generator.integers(0, windows.shape[1], batch)
+        video = normalise_video(torch.from_numpy(windows[videos, picks]), model, torch.device("cpu"))
+        for group in optimizer.param_groups:  # linear warmup over the first 10% of the steps
+            group["lr"] = lr * min(1.0, (step + 1) / max(1, steps // 10))
+        loss = torch.nn.functional.cross_entropy(head(probe_feature(model(video=video))), labels[videos])
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if step % 50 == 0 or step == steps - 1:
+            losses.append(loss.item())
+    model.eval()
+    hits = 0
+    with torch.no_grad():
+        for i in test:
+            video = normalise_video(torch.from_numpy(windows[i]), model, torch.device("cpu"))
+            hits += int(head(probe_feature(model(video=video))).sum(0).argmax()) == int(labels[i])
+    return hits / len(test), losses
+
+
 def render_large_hmdb(out: Path, seed: int) -> Path:
     """Render the large preset's hmdb51/ split (and its ground truth) into ``out``; returns out/hmdb51."""
     from concurrent.futures import ProcessPoolExecutor
@@ -98,6 +145,9 @@ def main() -> None:
     parser.add_argument("--num_windows", type=int, default=4)
     parser.add_argument("--video_size", type=int, default=64)
     parser.add_argument("--svm_c", type=float, nargs="+", default=[1.0, 100.0])
+    parser.add_argument("--supervised_steps", type=int, default=0,
+                        help="also train the architecture from random init with labels for this many steps")
+    parser.add_argument("--supervised_lr", type=float, default=1e-3)
     args = parser.parse_args()
 
     trained = load_model(args.run)
@@ -136,6 +186,11 @@ def main() -> None:
         if truth and len(truth) == len(splits.videos) and all(c in DESCRIBE for c in splits.classes):
             accuracy = zero_shot_actions(model, features["embedding"], splits, truth)
             print(f"{name:12s} zero-shot action top-1 (own object named in every caption): {100 * accuracy:.2f}")
+    if args.supervised_steps:
+        model = load_model(args.run, random_init=True).model
+        top1, losses = supervised_check(model, windows, splits, steps=args.supervised_steps, lr=args.supervised_lr)
+        print(f"supervised from random init, {args.supervised_steps} steps at lr {args.supervised_lr:g}: split-1 "
+              f"test top-1 {100 * top1:.2f} (training loss every 50 steps: {', '.join(f'{v:.2f}' for v in losses)})")
 
 
 if __name__ == "__main__":
