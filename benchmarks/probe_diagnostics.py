@@ -176,7 +176,10 @@ def main() -> None:
         features = pooled_features(model, windows)
         for pooling, values in features.items():
             flat = values.reshape(-1, values.shape[-1])
-            scaled = (values - flat.mean(0)) / (flat.std(0) + 1e-6)
+            # Scale-free: random-init S3D features are ~1e-10 (eval-mode BatchNorm at its initial statistics),
+            # so an absolute epsilon would leave them degenerate. Constant dimensions stay at 0.
+            std = flat.astype(np.float64).std(0)
+            scaled = ((values - flat.mean(0)) / np.where(std > 0, std, 1.0)).astype(np.float32)
             cells = []
             for c in args.svm_c:
                 for label, feats in (("raw", values), ("std", scaled)):
