@@ -40,6 +40,7 @@ from mmpt_lite.evaluation.features import (
     WindowFeatures,
     decode_probe_windows,
     normalise_video,
+    probe_feature,
 )
 from mmpt_lite.evaluation.linear_probe import probe_all_splits, read_hmdb_splits
 
@@ -78,25 +79,22 @@ def supervised_check(model, windows: np.ndarray, splits, *, steps: int, lr: floa
 
     windows uint8 [V, W, T, S, S, 3]. Returns (split-1 test top-1, the training loss every 50 steps).
     """
-    from mmpt_lite.evaluation.features import probe_feature
-
+    cpu = torch.device("cpu")
     generator = np.random.default_rng(seed)
     torch.manual_seed(seed)
     labels = torch.from_numpy(splits.labels)
     train, test = splits.train[1], splits.test[1]
-    tower = model.video_tower
-    with torch.no_grad():
-        width = probe_feature(model(video=normalise_video(torch.from_numpy(windows[:1, 0]), model,
-                                                          torch.device("cpu")))).shape[-1]
+    with torch.no_grad():  # the probe feature's width: 1024 for S3D, the token width for a ViT
+        width = probe_feature(model(video=normalise_video(torch.from_numpy(windows[:1, 0]), model, cpu))).shape[-1]
     head = torch.nn.Linear(width, len(splits.classes))
-    params = list(tower.parameters()) + list(head.parameters())
+    params = list(model.video_tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model.train()
     losses = []
     for step in range(steps):
         videos = generator.choice(train, batch)
         picks = generator.integers(0, windows.shape[1], batch)
-        video = normalise_video(torch.from_numpy(windows[videos, picks]), model, torch.device("cpu"))
+        video = normalise_video(torch.from_numpy(windows[videos, picks]), model, cpu)
         for group in optimizer.param_groups:  # linear warmup over the first 10% of the steps
             group["lr"] = lr * min(1.0, (step + 1) / max(1, steps // 10))
         loss = torch.nn.functional.cross_entropy(head(probe_feature(model(video=video))), labels[videos])
@@ -110,7 +108,7 @@ def supervised_check(model, windows: np.ndarray, splits, *, steps: int, lr: floa
     hits = 0
     with torch.no_grad():
         for i in test:
-            video = normalise_video(torch.from_numpy(windows[i]), model, torch.device("cpu"))
+            video = normalise_video(torch.from_numpy(windows[i]), model, cpu)
             hits += int(head(probe_feature(model(video=video))).sum(0).argmax()) == int(labels[i])
     return hits / len(test), losses
 
