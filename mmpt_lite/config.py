@@ -42,6 +42,19 @@ class SyntheticConfig:
 
 
 @dataclass(kw_only=True)
+class ActionNegativesConfig:
+    """Hard-negative captions per clip: its candidates with the action phrase swapped for another
+    (verb-focused negatives, ``mmpt_lite.data.action_negatives``), so motion, not only the objects,
+    must match. MIL-NCE loss only."""
+
+    count: int = 0  # negatives per clip; 0 = off
+    lexicon: str = "how2-synth"  # the embedded corpus's phrasings, or a file 'action<TAB>phrase | phrase'
+    # Where the negative actions come from: "video" = actions named elsewhere in the clip's own narration
+    # (they fit its scene, so only the motion tells them apart); "all" = any action of the lexicon.
+    pool: Literal["video", "all"] = "video"
+
+
+@dataclass(kw_only=True)
 class DataConfig:
     """HowTo100M-format training corpus and the clip sampling of the MIL-NCE aligner."""
 
@@ -66,6 +79,7 @@ class DataConfig:
     # grows/shrinks, appears/disappears): a hard negative that only temporal order separates. Doubles the
     # clips per step (batch_size counts samples). For corpora whose actions read backwards as their opposites.
     reversed_twins: bool = False
+    action_negatives: ActionNegativesConfig = field(default_factory=ActionNegativesConfig)
     num_workers: int = 2
     decoder: Literal["pyav", "ffmpeg", "decord", "torchcodec"] = "pyav"
 
@@ -216,6 +230,14 @@ class RunConfig:
         if self.data.reversed_twins and self.retri.enabled:
             raise ConfigError("data.reversed_twins: retrieval-augmented batches (retri.enabled) embed single clips; "
                               "turn one of them off")
+        negatives = self.data.action_negatives.count
+        if negatives < 0:
+            raise ConfigError(f"data.action_negatives.count: {negatives} must be >= 0")
+        if negatives and self.loss.name != "milnce":
+            raise ConfigError(f"data.action_negatives.count: hard-negative captions need loss.name milnce, "
+                              f"not {self.loss.name!r}")
+        if negatives and self.data.reversed_twins:
+            raise ConfigError("data.action_negatives.count: not combined with data.reversed_twins; turn one off")
         if clips > 1 and self.retri.enabled:
             raise ConfigError("data.clips_per_video: retrieval-augmented batches (retri.enabled) plan one clip per "
                               "video; use 1 with retri")

@@ -107,6 +107,44 @@ def test_reversed_twins_sit_beside_their_clip_played_backwards():
     assert batch["video_index"].tolist()[0::2] == batch["video_index"].tolist()[1::2]
 
 
+def test_action_negatives_ride_with_their_clip():
+    from mmpt_lite.data.action_negatives import ActionLexicon
+
+    lexicon = ActionLexicon({"cut": ["chop the {}"], "stir": ["stir the {}"], "pour": ["pour the {}"]})
+
+    class KitchenCaptions:
+        def get(self, vid):
+            starts = np.arange(0.0, 8.0, 1.0, dtype=np.float32)
+            said = [f"chop the onion {i}" if int(vid[1:]) % 2 == 0 else f"okay {i}" for i in range(8)]
+            return starts, starts + 0.8, said
+
+    verbs = {"chop": 1, "stir": 2, "pour": 3}
+
+    def word_ids(texts):  # verb id (0 = none), then the caption number
+        return {"input_ids": torch.tensor([[verbs.get(t.split()[0], 0), int(t.split()[-1])] for t in texts])}
+
+    dataset = MilNceClipDataset(ArrayVideoStore(6), KitchenCaptions(), word_ids, num_frames=4, fps=5.0,
+                                video_size=8, num_candidates=3, min_time=0.5, action_lexicon=lexicon,
+                                num_negatives=2, negatives_from_video=False)
+    batch = next(iter(TrainLoader(dataset, batch_size=4, rank=0, world_size=1, seed=1)))
+    assert batch["text"]["input_ids"].shape == (4, 3, 2)
+    negative, mask = batch["negative_text"]["input_ids"], batch["negative_mask"]
+    assert negative.shape == (4, 2, 2) and mask.shape == (4, 2) and mask.dtype == torch.bool
+    for row, video in enumerate(batch["video_index"].tolist()):
+        if video % 2:  # no candidate names an action: padding rows
+            assert not mask[row].any()
+            continue
+        assert mask[row].all()
+        assert sorted(negative[row, :, 0].tolist()) == [2, 3], "the two other actions, not 'chop'"
+        assert set(negative[row, :, 1].tolist()) <= set(batch["text"]["input_ids"][row, :, 1].tolist())
+    # From the video's own narration: it names only "chop", so no other action is left for a negative.
+    dataset.negatives_from_video = True
+    assert not next(iter(TrainLoader(dataset, batch_size=4, rank=0, world_size=1, seed=1)))["negative_mask"].any()
+    with pytest.raises(ValueError, match="need an action_lexicon"):
+        MilNceClipDataset(ArrayVideoStore(2), KitchenCaptions(), word_ids, num_frames=4, fps=5.0, video_size=8,
+                          num_candidates=3, min_time=0.5, num_negatives=2)
+
+
 def collect(loader, steps):
     it = iter(loader)
     out = []

@@ -80,39 +80,101 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_worker(rank, world_size, port, video, text, num_candidates, out_dir):
+def _rank_worker(rank, world_size, port, video, text, num_candidates, out_dir, negatives=None, mask=None):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         per_rank = video.shape[0] // world_size
-        local_video = video[rank * per_rank:(rank + 1) * per_rank].clone().requires_grad_()
+        local = slice(rank * per_rank, (rank + 1) * per_rank)
+        local_video = video[local].clone().requires_grad_()
         rows = per_rank * num_candidates
         local_text = text[rank * rows:(rank + 1) * rows].clone().requires_grad_()
-        loss = milnce_loss(local_video, local_text, num_candidates=num_candidates)["loss"]
+        extra, local_negatives = {}, None
+        if negatives is not None:
+            local_negatives = negatives[local].clone().requires_grad_()
+            extra = {"negative_embedding": local_negatives, "negative_mask": mask[local]}
+        loss = milnce_loss(local_video, local_text, num_candidates=num_candidates, **extra)["loss"]
         loss.backward()
-        torch.save({"loss": loss.detach(), "video_grad": local_video.grad, "text_grad": local_text.grad},
+        torch.save({"loss": loss.detach(), "video_grad": local_video.grad, "text_grad": local_text.grad,
+                    "negative_grad": local_negatives.grad if local_negatives is not None else torch.zeros(0)},
                    f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_milnce_across_two_gloo_ranks_matches_full_batch(tmp_path):
+@pytest.mark.parametrize("with_negatives", [False, True])
+def test_milnce_across_two_gloo_ranks_matches_full_batch(tmp_path, with_negatives):
     batch, num_candidates, world_size = 4, 3, 2
     video, text = random_embeddings(batch, num_candidates, 6, seed=11)
+    negatives = mask = None
+    extra = {}
     v, t = video.clone().requires_grad_(), text.clone().requires_grad_()
-    full = milnce_loss(v, t, num_candidates=num_candidates)["loss"]
+    if with_negatives:
+        negatives = torch.randn(batch, 2, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        mask = torch.tensor([[True, True], [True, False], [False, False], [False, True]])
+        n = negatives.clone().requires_grad_()
+        extra = {"negative_embedding": n, "negative_mask": mask}
+    full = milnce_loss(v, t, num_candidates=num_candidates, **extra)["loss"]
     full.backward()
 
-    mp.spawn(_rank_worker, args=(world_size, free_port(), video, text, num_candidates, str(tmp_path)),
+    mp.spawn(_rank_worker, args=(world_size, free_port(), video, text, num_candidates, str(tmp_path), negatives, mask),
              nprocs=world_size, join=True)
     per_rank = batch // world_size
     for rank in range(world_size):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert abs(got["loss"].item() - full.item()) < 1e-6  # every rank sees the global loss
         # The gradient w.r.t. a rank's own inputs is its slice of the full-batch gradient.
-        torch.testing.assert_close(got["video_grad"], v.grad[rank * per_rank:(rank + 1) * per_rank],
-                                   atol=1e-6, rtol=0)
+        local = slice(rank * per_rank, (rank + 1) * per_rank)
+        torch.testing.assert_close(got["video_grad"], v.grad[local], atol=1e-6, rtol=0)
         rows = per_rank * num_candidates
         torch.testing.assert_close(got["text_grad"], t.grad[rank * rows:(rank + 1) * rows], atol=1e-6, rtol=0)
+        if with_negatives:
+            torch.testing.assert_close(got["negative_grad"], n.grad[local], atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------- hard negatives
+def brute_force_milnce_with_negatives(video, text, num_candidates, negatives, mask):
+    """As brute_force_milnce, video i's denominator also holding v_i·n_im for its valid negatives m."""
+    batch, terms = video.shape[0], []
+    for i in range(batch):
+        positives = [video[i] @ text[i * num_candidates + k] for k in range(num_candidates)]
+        row = [video[i] @ text[j * num_candidates + k] for j in range(batch) for k in range(num_candidates)]
+        column = [video[j] @ text[i * num_candidates + k] for j in range(batch) for k in range(num_candidates)]
+        own_negatives = [video[i] @ negatives[i, m] for m in range(negatives.shape[1]) if mask[i, m]]
+        terms.append(logsumexp(row + column + own_negatives) - logsumexp(positives))
+    return sum(terms) / batch
+
+
+def test_milnce_hard_negatives_match_brute_force_and_padding_is_ignored():
+    batch, num_candidates, dim, m = 5, 3, 7, 4
+    video, text = random_embeddings(batch, num_candidates, dim, seed=4)
+    negatives = torch.randn(batch, m, dim, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    mask = torch.rand(batch, m, generator=torch.Generator().manual_seed(2)) < 0.6
+    mask[0] = False  # a video without negatives
+    v1, t1, n1 = (x.clone().requires_grad_() for x in (video, text, negatives))
+    out = milnce_loss(v1, t1, num_candidates=num_candidates, negative_embedding=n1, negative_mask=mask)
+    out["loss"].backward()
+    v2, t2, n2 = (x.clone().requires_grad_() for x in (video, text, negatives))
+    expected = brute_force_milnce_with_negatives(v2, t2, num_candidates, n2, mask)
+    expected.backward()
+    assert abs(out["loss"].item() - expected.item()) < 1e-6
+    for got, want in ((v1, v2), (t1, t2), (n1, n2)):
+        torch.testing.assert_close(got.grad, want.grad, atol=1e-6, rtol=0)
+    assert (n1.grad[~mask] == 0).all(), "padding rows get no gradient"
+    # Negatives raise the loss; with every row padding it is plain MIL-NCE.
+    plain = milnce_loss(video, text, num_candidates=num_candidates)["loss"]
+    assert out["loss"].item() > plain.item()
+    all_padding = milnce_loss(video, text, num_candidates=num_candidates, negative_embedding=negatives,
+                              negative_mask=torch.zeros(batch, m, dtype=torch.bool))
+    assert abs(all_padding["loss"].item() - plain.item()) < 1e-12
+
+
+def test_milnce_negative_win_counts_valid_negatives_below_the_best_positive():
+    video = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor([[2.0, 0.0], [0.0, 3.0]])  # one candidate each: own scores 2 and 3
+    negatives = torch.tensor([[[1.0, 0.0], [5.0, 0.0]], [[0.0, 1.0], [0.0, 9.0]]])  # scores 1, 5 | 1, 9
+    mask = torch.tensor([[True, True], [True, False]])
+    out = milnce_loss(video, text, num_candidates=1, negative_embedding=negatives, negative_mask=mask)
+    assert out["negative_win"].item() == pytest.approx(2 / 3)  # 1 < 2, 5 > 2, 1 < 3; the 9 is padding
 
 
 # --------------------------------------------------------------------------- InfoNCE

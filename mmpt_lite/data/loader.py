@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mmpt_lite.data.action_negatives import ActionLexicon
 from mmpt_lite.data.aligners import apply_crop, milnce_sample, random_crop, time_reversed_caption
 
 
@@ -89,17 +90,27 @@ class MilNceClipDataset(Dataset):
     Returns {"video": uint8 [T, S, S, 3], "text": {name: int64 [K, L]}, "video_index": int64}; with
     ``reversed_twins`` each field gains a leading 2: the clip, then the same clip played backwards with
     its captions' direction words swapped (a hard negative only temporal order tells apart, as in
-    "Test of Time" / TACT). ``collate`` puts a batch's twins side by side.
+    "Test of Time" / TACT). ``collate`` puts a batch's twins side by side. With an ``action_lexicon`` and
+    ``num_negatives`` = M > 0 a sample also has "negative_text" {name: int64 [M, L]}: its candidates with the
+    action phrase rewritten as actions none of them names, taken from the rest of the video's narration
+    (``negatives_from_video``) or from the whole lexicon (:mod:`mmpt_lite.data.action_negatives`), and
+    "negative_mask" bool [M] (False where no candidate names an action; that row is padding).
     """
 
     def __init__(self, video_store, caption_store, tokenize: Callable[[list[str]], dict[str, torch.Tensor]], *,
                  num_frames: int, fps: float, video_size: int, num_candidates: int, min_time: float,
-                 random_flip: bool = True, clips_per_video: int = 1, reversed_twins: bool = False):
+                 random_flip: bool = True, clips_per_video: int = 1, reversed_twins: bool = False,
+                 action_lexicon: ActionLexicon | None = None, num_negatives: int = 0,
+                 negatives_from_video: bool = True):
+        if num_negatives and (action_lexicon is None or reversed_twins):
+            raise ValueError("action-swapped negatives need an action_lexicon and no reversed_twins")
         self.videos, self.captions, self.tokenize = video_store, caption_store, tokenize
         self.video_ids = list(video_store.video_ids)
         self.num_frames, self.fps, self.size = num_frames, fps, video_size
         self.num_candidates, self.min_time, self.random_flip = num_candidates, min_time, random_flip
         self.clips_per_video, self.reversed_twins = clips_per_video, reversed_twins
+        self.action_lexicon, self.num_negatives = action_lexicon, num_negatives
+        self.negatives_from_video = negatives_from_video
 
     def __len__(self) -> int:
         return len(self.video_ids) * self.clips_per_video
@@ -129,6 +140,15 @@ class MilNceClipDataset(Dataset):
         cropped = apply_crop(frames, crop)
         clip[:len(cropped), :cropped.shape[1], :cropped.shape[2]] = cropped
         captions = [texts[i] for i in choice.caption_ids]
+        if self.num_negatives:
+            negatives = self.action_lexicon.negatives(captions, rng, self.num_negatives,
+                                                      context=texts if self.negatives_from_video else None)
+            text = self.tokenize(captions + [n if n is not None else captions[0] for n in negatives])
+            k = len(captions)
+            return {"video": torch.from_numpy(clip), "text": {name: v[:k] for name, v in text.items()},
+                    "video_index": torch.tensor(index),
+                    "negative_text": {name: v[k:] for name, v in text.items()},
+                    "negative_mask": torch.tensor([n is not None for n in negatives])}
         if not self.reversed_twins:
             return {"video": torch.from_numpy(clip), "text": self.tokenize(captions),
                     "video_index": torch.tensor(index)}
@@ -139,7 +159,7 @@ class MilNceClipDataset(Dataset):
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack samples: video uint8 [B,T,S,S,3], text {name: [B,K,L]}, video_index [B].
+    """Stack samples: video uint8 [B,T,S,S,3], text {name: [B,K,L]}, video_index [B] (and the negatives).
 
     Samples carrying twins (a leading 2 on every field) give B = 2 × samples, twins adjacent.
     """
@@ -149,11 +169,16 @@ def collate(samples: list[dict]) -> dict:
         out = torch.stack(values)
         return out.flatten(0, 1) if twins else out
 
-    return {
+    batch = {
         "video": stack([s["video"] for s in samples]),
         "text": {k: stack([s["text"][k] for s in samples]) for k in samples[0]["text"]},
         "video_index": stack([s["video_index"] for s in samples]),
     }
+    if "negative_text" in samples[0]:  # [B, M, L] and [B, M]
+        batch["negative_text"] = {k: torch.stack([s["negative_text"][k] for s in samples])
+                                  for k in samples[0]["negative_text"]}
+        batch["negative_mask"] = torch.stack([s["negative_mask"] for s in samples])
+    return batch
 
 
 class TrainLoader:

@@ -16,6 +16,7 @@ import torch
 
 from mmpt_lite import distributed as mdist
 from mmpt_lite.config import ConfigError, RunConfig, load_config, resolve_path, save_config
+from mmpt_lite.data.action_negatives import build_lexicon
 from mmpt_lite.data.loader import MilNceClipDataset, TrainLoader
 from mmpt_lite.data.prepare import PreparedData, prepare_data
 from mmpt_lite.losses.build import build_loss
@@ -83,6 +84,20 @@ def prepare_for_task(cfg: RunConfig, *, build: bool):
     return prepare_data(cfg, build=build)
 
 
+def action_negatives(cfg: RunConfig) -> dict:
+    """The dataset's hard-negative arguments; a bad lexicon is a ConfigError naming its key."""
+    count = cfg.data.action_negatives.count
+    if not count:
+        return {}
+    spec = cfg.data.action_negatives.lexicon
+    try:
+        lexicon = build_lexicon(spec if spec == "how2-synth" else str(resolve_path(spec)))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"data.action_negatives.lexicon: {err}") from err
+    return {"action_lexicon": lexicon, "num_negatives": count,
+            "negatives_from_video": cfg.data.action_negatives.pool == "video"}
+
+
 def build_contrastive_components(cfg: RunConfig, prepared: PreparedData, device: torch.device) -> Components:
     model = build_model(cfg.model, max_words=cfg.data.max_words)
     if cfg.model.video.init_from:
@@ -92,7 +107,7 @@ def build_contrastive_components(cfg: RunConfig, prepared: PreparedData, device:
                                 num_frames=cfg.data.num_frames, fps=cfg.data.fps, video_size=cfg.data.video_size,
                                 num_candidates=cfg.data.num_candidates, min_time=cfg.data.min_time,
                                 random_flip=cfg.data.random_flip, clips_per_video=cfg.data.clips_per_video,
-                                reversed_twins=cfg.data.reversed_twins)
+                                reversed_twins=cfg.data.reversed_twins, **action_negatives(cfg))
     return Components(model=model, loss_fn=build_loss(cfg.loss), dataset=dataset,
                       eval_fn=make_eval_fn(cfg, prepared, device))
 

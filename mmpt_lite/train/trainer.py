@@ -73,10 +73,21 @@ class ContrastiveTask:
     def __call__(self, module: torch.nn.Module, batch: dict) -> dict:
         video = video_to_model_input(batch["video"].to(self.device, non_blocking=True), self.mean, self.std)
         tokens = {k: v.to(self.device, non_blocking=True) for k, v in batch["text"].items()}
-        num_candidates = next(iter(tokens.values())).shape[1]  # [B, K, L]
-        out = module(video=video, text={k: v.flatten(0, 1) for k, v in tokens.items()})
-        result = self.loss_fn(video_embedding=out["video_embedding"].float(),
-                              text_embedding=out["text_embedding"].float(), num_candidates=num_candidates)
+        b, num_candidates = next(iter(tokens.values())).shape[:2]  # [B, K, L]
+        text = {k: v.flatten(0, 1) for k, v in tokens.items()}
+        negatives = batch.get("negative_text")  # [B, M, L]: one text-tower pass with the candidates
+        if negatives is not None:
+            text = {k: torch.cat((v, negatives[k].to(self.device, non_blocking=True).flatten(0, 1)))
+                    for k, v in text.items()}
+        out = module(video=video, text=text)
+        text_embedding = out["text_embedding"].float()
+        extra = {}
+        if negatives is not None:
+            extra = {"negative_embedding": text_embedding[b * num_candidates:].view(b, -1, text_embedding.shape[-1]),
+                     "negative_mask": batch["negative_mask"].to(self.device, non_blocking=True)}
+            text_embedding = text_embedding[:b * num_candidates]
+        result = self.loss_fn(video_embedding=out["video_embedding"].float(), text_embedding=text_embedding,
+                              num_candidates=num_candidates, **extra)
         return {**result, "batch_size": video.shape[0]}
 
 
@@ -243,7 +254,8 @@ class Trainer:
                 lr = self.scheduler.get_last_lr()[0]
                 last = {"loss": result["loss"], "lr": lr, "grad_norm": result["grad_norm"], "videos_per_s": vps,
                         "videos_per_s_per_device": vps / self.world, "epoch": self.loader.position.epoch,
-                        "nonfinite_total": self.nonfinite_total}
+                        "nonfinite_total": self.nonfinite_total,
+                        **{k: v for k, v in result.items() if k not in ("loss", "grad_norm", "videos")}}
                 if self.peak_flops:  # MFU = training FLOPs per video x videos/s per device / peak FLOP/s
                     last["mfu"] = self.flops_per_video * vps / self.world / self.peak_flops
                 logger.progress(self.step, loss=result["loss"], lr=lr, videos_per_s=vps)

@@ -1,0 +1,164 @@
+"""Action-swapped hard-negative captions: the clip's own caption with its action phrase replaced.
+
+Contrastive batches of different videos can be told apart by what is in them (objects, scene), so
+MIL-NCE alone never needs the motion. A caption that keeps the clip's objects but names another
+action ("slide the red ball to the left" -> "make the red ball bigger") is a negative that only the
+action separates: the verb-focused hard negatives of "Verbs in Action" (Momeni et al., ICCV 2023),
+made here from a phrase lexicon rather than a language model.
+
+A lexicon maps each action to its phrasings. A phrase is literal words with at most one ``{}``, the
+slot of the object ("slide the {} to the left"); phrases without a slot are descriptions
+("moves to the left"). File form, one action per line, ``#`` comments::
+
+    move_left<TAB>moves to the left | slide the {} to the left
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# The object slot: 1-4 words, none of them "and" (which joins a second object's phrase). Inside a phrase it
+# is as short as the rest of the phrase allows; at the end of one, as long as possible.
+_WORD = r"(?!and(?!\S))\S+"
+_SLOT_INSIDE = rf"(?P<obj>{_WORD}(?: {_WORD}){{0,3}}?)"
+_SLOT_END = rf"(?P<obj>{_WORD}(?: {_WORD}){{0,3}})"
+
+
+@dataclass(frozen=True)
+class _Phrase:
+    action: str
+    text: str
+    pattern: re.Pattern
+
+    @property
+    def has_slot(self) -> bool:
+        return "{}" in self.text
+
+
+@dataclass(frozen=True)
+class ActionMatch:
+    """Where an action phrase sits in a caption: characters [start, end), the object in the slot."""
+
+    start: int
+    end: int
+    action: str
+    obj: str | None
+
+
+def _compile(text: str) -> re.Pattern:
+    parts = [re.escape(part) for part in text.split("{}")]
+    slot = _SLOT_END if text.endswith("{}") else _SLOT_INSIDE
+    return re.compile(r"(?<!\S)" + slot.join(parts) + r"(?!\S)")
+
+
+class ActionLexicon:
+    """Actions and their phrasings; finds a caption's action and rewrites it as another."""
+
+    def __init__(self, phrases: Mapping[str, Sequence[str]], source: str = "lexicon"):
+        if len(phrases) < 2:
+            raise ValueError(f"{source}: a lexicon needs at least two actions, got {len(phrases)}")
+        self.actions = tuple(phrases)
+        self.phrases: list[_Phrase] = []
+        for action, texts in phrases.items():
+            if not texts:
+                raise ValueError(f"{source}: action {action!r} has no phrases")
+            for text in texts:
+                text = " ".join(text.lower().split())
+                if text.count("{}") > 1 or not text.replace("{}", "").strip():
+                    raise ValueError(f"{source}: action {action!r}: phrase {text!r} must hold words and at most "
+                                     "one {} (the object)")
+                self.phrases.append(_Phrase(action, text, _compile(text)))
+        self.by_action = {a: [p for p in self.phrases if p.action == a] for a in self.actions}
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ActionLexicon:
+        """Read ``action<TAB>phrase | phrase ...`` lines; a malformed line raises naming file:line."""
+        path = Path(path)
+        phrases: dict[str, list[str]] = {}
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            action, tab, rest = line.partition("\t")
+            texts = [t.strip() for t in rest.split("|") if t.strip()]
+            if not tab or not action.strip() or not texts:
+                raise ValueError(f"{path}:{number}: expected 'action<TAB>phrase | phrase ...', got {line!r}")
+            if action.strip() in phrases:
+                raise ValueError(f"{path}:{number}: action {action.strip()!r} listed twice")
+            phrases[action.strip()] = texts
+        return cls(phrases, source=str(path))
+
+    def find_all(self, caption: str) -> list[ActionMatch]:
+        """Non-overlapping action phrases in ``caption`` (lower-cased), left to right, longest first."""
+        text = " ".join(caption.lower().split())
+        found, at = [], 0
+        while True:
+            best = None
+            for phrase in self.phrases:
+                m = phrase.pattern.search(text, at)
+                if m and (best is None or (m.start(), -m.end()) < (best[0].start(), -best[0].end())):
+                    best = (m, phrase)
+            if best is None:
+                return found
+            m, phrase = best
+            found.append(ActionMatch(m.start(), m.end(), phrase.action, m.group("obj") if phrase.has_slot else None))
+            at = m.end()
+
+    def rewrite(self, caption: str, match: ActionMatch, action: str, rng: np.random.Generator) -> str:
+        """``caption`` with ``match`` replaced by a phrasing of ``action`` (same object, same form if it has one)."""
+        text = " ".join(caption.lower().split())
+        options = self.by_action[action]
+        same_form = [p for p in options if p.has_slot == (match.obj is not None)]
+        if match.obj is None:  # a description: a slot phrase would have no object to fill
+            same_form = same_form or [p for p in options if not p.has_slot]
+        phrase = (same_form or options)[int(rng.integers(len(same_form or options)))]
+        words = phrase.text.replace("{}", match.obj) if phrase.has_slot else phrase.text
+        if phrase.has_slot and match.obj is None:  # only slot phrases exist: keep them, with no object
+            words = " ".join(phrase.text.replace("{}", "").split())
+        return f"{text[:match.start]}{words}{text[match.end:]}"
+
+    def negatives(self, captions: Sequence[str], rng: np.random.Generator, count: int,
+                  context: Sequence[str] | None = None) -> list[str | None]:
+        """``count`` hard negatives for a clip whose positives are ``captions`` (its K candidates).
+
+        Each negative rewrites one phrase of a random candidate that has one, as an action that no
+        candidate names (so it is not another correct description of the same clip), each action once.
+        The actions come from ``context`` (the rest of the video's narration) when given, else from the
+        whole lexicon. Narration of the same video names actions that fit its scene, so the scene does
+        not give the negative away and only the motion does; actions drawn from the whole lexicon can
+        often be ruled out by the scene alone (a video's steps follow its task). ``None`` pads the list
+        where no candidate names an action or fewer than ``count`` actions are left.
+        """
+        matches = [(i, m) for i, c in enumerate(captions) for m in self.find_all(c)]
+        named = {m.action for _, m in matches}
+        pool = self.actions if context is None else {m.action for c in context for m in self.find_all(c)}
+        others = [a for a in self.actions if a in pool and a not in named]  # lexicon order: deterministic
+        if not matches:
+            return [None] * count
+        out: list[str | None] = []
+        for action in [others[i] for i in rng.permutation(len(others))][:count]:
+            i, m = matches[int(rng.integers(len(matches)))]
+            out.append(self.rewrite(captions[i], m, action, rng))
+        return out + [None] * (count - len(out))
+
+
+def how2_synth_lexicon() -> ActionLexicon:
+    """The embedded corpus's actions: its description and instruction phrasings (``synthetic_text``)."""
+    from mmpt_lite.data.synthetic_text import DESCRIBE, INSTRUCT
+
+    return ActionLexicon({a: list(DESCRIBE[a]) + list(INSTRUCT[a]) for a in DESCRIBE}, source="how2-synth")
+
+
+def build_lexicon(spec: str) -> ActionLexicon:
+    """``"how2-synth"`` (the embedded corpus's phrasings) or a path to a lexicon file."""
+    if spec == "how2-synth":
+        return how2_synth_lexicon()
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"{spec!r} is neither 'how2-synth' nor a lexicon file")
+    return ActionLexicon.from_file(path)
