@@ -37,7 +37,9 @@ def milnce_loss(video_embedding: torch.Tensor, text_embedding: torch.Tensor, *, 
 
     Returns ``loss`` (scalar, differentiable) and, detached for logging, ``log_numerator`` and
     ``log_denominator`` (their means over the global batch); with negatives also ``negative_win``,
-    the share of valid negatives scoring below the video's best own candidate. At least float32.
+    the share of valid negatives scoring below the video's best own candidate (with K distinct,
+    interchangeable candidates a negative that carries no information wins K/(K+1) of the time, not
+    half). At least float32.
     """
     if gather:
         video_embedding = all_gather_with_grad(video_embedding)
