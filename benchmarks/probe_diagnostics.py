@@ -7,7 +7,12 @@ initialisation, on an HMDB-format folder (default: the run's synthetic hmdb51/):
   2. zero-shot action classification of the same clips, when the folder is how2-synth's (the corpus's
      ground_truth.jsonl names each clip's object): captions "the <colour> <shape> <verb>" for every class,
      the clip's own object in all of them, so only the action words differ.
-  3. with --supervised_steps N: the architecture's capacity for the task, trained from its random init with the
+  3. with --corpus_clips SPLIT ...: the same zero-shot action test on clips of the run's own corpus splits
+     (train, youcook2, msrvtt, hmdb51): one window at the start of each step with a single object, once as
+     decoded and once with every frame replaced by the middle one. Equal accuracy moving and static means
+     the "action" the model knows comes from the still picture (the task's scene, where the object sits),
+     not from motion.
+  4. with --supervised_steps N: the architecture's capacity for the task, trained from its random init with the
      labels of split 1's training videos (a linear head on the probe feature, cross-entropy, AdamW, one random
      window per sample), top-1 on split 1's test videos with the window logits summed.
 Windows are decoded once (probe protocol, --fps/--num_frames/--num_windows) and reused for everything.
@@ -15,6 +20,7 @@ Windows are decoded once (probe protocol, --fps/--num_frames/--num_windows) and 
   python benchmarks/probe_diagnostics.py --run runs/how2_pretrain
   python benchmarks/probe_diagnostics.py --run runs/how2_pretrain --large_set /tmp/hmdb_large
   python benchmarks/probe_diagnostics.py --run runs/how2_pretrain --large_set /tmp/hmdb_large --supervised_steps 300
+  python benchmarks/probe_diagnostics.py --run runs/how2_pretrain --corpus_clips train youcook2 msrvtt hmdb51
 The second renders the "large" size preset's HMDB-format set (11 classes x 60 clips, 176 test clips per
 split instead of 30) once into the folder, for estimates with less noise.
 """
@@ -33,12 +39,14 @@ from mmpt_lite.config import resolve_path
 from mmpt_lite.data.synthetic_plan import plan_corpus
 from mmpt_lite.data.synthetic_render import render_video
 from mmpt_lite.data.synthetic_text import DESCRIBE
+from mmpt_lite.data.video import read_clip
 from mmpt_lite.evaluation.checkpoints import load_model
 from mmpt_lite.evaluation.features import (
     ProbeProtocol,
     VideoRequest,
     WindowFeatures,
     decode_probe_windows,
+    eval_transform,
     normalise_video,
     probe_feature,
 )
@@ -71,6 +79,42 @@ def zero_shot_actions(model, features: np.ndarray, splits, truth: dict[str, dict
             text = model(text=model.tokenizer(texts))["text_embedding"]
             hits += int((text @ video[i]).argmax()) == int(splits.labels[i])
     return hits / len(splits.videos)
+
+
+def corpus_step_clips(data_root: Path, split: str, protocol: ProbeProtocol, limit: int = 150):
+    """Windows [N, T, S, S, 3] from the start of single-object steps (>= 3 s) of a corpus split, and the
+    (look, action) of each. Training and YouCook2-format videos give every step; one-shot clips one each."""
+    clips, doers = [], []
+    for line in (data_root / "ground_truth.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["split"] != split:
+            continue
+        for step in record["steps"]:
+            objects = step["objects"]
+            if len(objects) != 1 or objects[0]["action"] not in DESCRIBE or step["end"] - step["start"] < 3.0:
+                continue
+            clips.append(read_clip(str(data_root / record["path"]), step["start"] + 0.1,
+                                   num_frames=protocol.num_frames, fps=protocol.fps,
+                                   transform=eval_transform(protocol.video_size)))
+            doers.append(objects[0])
+            if len(clips) == limit:
+                return np.stack(clips), doers
+    if not clips:
+        raise SystemExit(f"--corpus_clips: no single-object steps of >= 3 s in split {split!r}")
+    return np.stack(clips), doers
+
+
+def zero_shot_on_clips(model, clips: np.ndarray, doers: list[dict]) -> float:
+    """Top-1 over the 11 actions' captions naming each clip's own object (clips uint8 [N, T, S, S, 3])."""
+    classes = list(DESCRIBE)
+    hits = 0
+    with torch.no_grad():
+        video = model(video=normalise_video(torch.from_numpy(clips), model, torch.device("cpu")))["video_embedding"]
+        for i, obj in enumerate(doers):
+            texts = [f"the {obj['colour']} {obj['shape']} {DESCRIBE[c][0]}" for c in classes]
+            text = model(text=model.tokenizer(texts))["text_embedding"]
+            hits += int((text @ video[i]).argmax()) == classes.index(obj["action"])
+    return hits / len(doers)
 
 
 def supervised_check(model, windows: np.ndarray, splits, *, steps: int, lr: float, batch: int = 32,
@@ -143,6 +187,8 @@ def main() -> None:
     parser.add_argument("--num_windows", type=int, default=4)
     parser.add_argument("--video_size", type=int, default=64)
     parser.add_argument("--svm_c", type=float, nargs="+", default=[1.0, 100.0])
+    parser.add_argument("--corpus_clips", nargs="*", default=[],
+                        help="zero-shot actions on step clips of these corpus splits, moving and static")
     parser.add_argument("--supervised_steps", type=int, default=0,
                         help="also train the architecture from random init with labels for this many steps")
     parser.add_argument("--supervised_lr", type=float, default=1e-3)
@@ -187,6 +233,15 @@ def main() -> None:
         if truth and len(truth) == len(splits.videos) and all(c in DESCRIBE for c in splits.classes):
             accuracy = zero_shot_actions(model, features["embedding"], splits, truth)
             print(f"{name:12s} zero-shot action top-1 (own object named in every caption): {100 * accuracy:.2f}")
+    for split in args.corpus_clips:
+        clips, doers = corpus_step_clips(data_root, split, protocol)
+        static = np.repeat(clips[:, protocol.num_frames // 2:protocol.num_frames // 2 + 1], protocol.num_frames, 1)
+        counts = np.bincount([list(DESCRIBE).index(d["action"]) for d in doers], minlength=len(DESCRIBE))
+        print(f"corpus split {split}: {len(doers)} step clips, majority action {100 * counts.max() / len(doers):.1f}%")
+        for name, loaded in models.items():
+            model = loaded.model.eval()
+            print(f"  {name:12s} zero-shot action top-1: moving {100 * zero_shot_on_clips(model, clips, doers):5.2f} | "
+                  f"static (middle frame) {100 * zero_shot_on_clips(model, static, doers):5.2f}", flush=True)
     if args.supervised_steps:
         model = load_model(args.run, random_init=True).model
         top1, losses = supervised_check(model, windows, splits, steps=args.supervised_steps, lr=args.supervised_lr)
