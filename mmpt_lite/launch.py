@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                   if getattr(args, n) is not None]
     try:
         cfg = load_config(args.config, overrides)
+        if cfg.data.action_negatives.count:  # read the lexicon now, before any data is built or rank started
+            from mmpt_lite.train.main import action_negatives
+            action_negatives(cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -70,6 +70,20 @@ def test_two_rank_gloo_run(corpus, tmp_path):
     assert len(lines) == 3 and '"videos_per_s"' in lines[-1]
 
 
+def test_action_negatives_on_two_ranks_and_a_bad_lexicon(corpus, tmp_path):
+    r = run_launch("local_small", [f"data.root={corpus}", f"train.output_dir={tmp_path / 'neg'}", "train.max_steps=3",
+                                   "data.action_negatives.count=3", "data.action_negatives.pool=all"])
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "neg" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= rec["negative_win"] <= 1.0 for rec in records), records
+    assert all(torch.isfinite(v).all() for v in final_weights(tmp_path / "neg").values())
+    r = run_launch("local_single", [f"data.root={corpus}", f"train.output_dir={tmp_path / 'bad'}", "train.max_steps=1",
+                                    "data.action_negatives.count=3", f"data.action_negatives.lexicon={tmp_path}/no.tsv"])
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: data.action_negatives.lexicon: '{tmp_path}/no.tsv' is neither "
+                                             "'how2-synth' nor a lexicon file"], r.stderr[-2000:]
+
+
 def final_weights(out_dir):
     return load_file(str(latest_checkpoint(out_dir) / "model.safetensors"))
 

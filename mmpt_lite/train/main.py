@@ -169,6 +169,9 @@ def run(cfg: RunConfig, config_path: Path | None = None) -> int:
     except NonFiniteLossError as exc:
         log.error("%s", exc)
         return 3
+    except ConfigError as exc:  # a config value only checkable once its inputs are read (e.g. a lexicon file)
+        log.error("error: %s", exc)
+        return 2
     finally:
         mdist.cleanup()
 
