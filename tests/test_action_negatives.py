@@ -81,11 +81,12 @@ def test_negatives_from_the_videos_narration_use_only_its_other_actions():
     narration = captions + ["the blue star spins clockwise", "make the red ball bigger", "okay",
                             "the red ball moves to the left"]
     for seed in range(5):
-        negatives = lexicon.negatives(captions, np.random.default_rng(seed), 4, context=narration)
+        negatives = lexicon.negatives(captions, np.random.default_rng(seed), 4, pool=lexicon.actions_in(narration))
         assert negatives[2:] == [None, None], "two other actions in the narration, the rest is padding"
         assert {m.action for n in negatives[:2] for m in lexicon.find_all(n)} == {"rotate_clockwise", "grow"}
         assert all("red ball" in n for n in negatives[:2])
-    assert lexicon.negatives(captions, np.random.default_rng(0), 2, context=captions) == [None, None]
+    assert lexicon.actions_in(narration) == {"move_left", "rotate_clockwise", "grow"}
+    assert lexicon.negatives(captions, np.random.default_rng(0), 2, pool=lexicon.actions_in(captions)) == [None, None]
 
 
 def test_how2_synth_lexicon_reads_every_caption_the_generator_writes():

@@ -16,7 +16,7 @@ slot of the object ("slide the {} to the left"); phrases without a slot are desc
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,33 +113,34 @@ class ActionLexicon:
         """``caption`` with ``match`` replaced by a phrasing of ``action`` (same object, same form if it has one)."""
         text = " ".join(caption.lower().split())
         options = self.by_action[action]
-        same_form = [p for p in options if p.has_slot == (match.obj is not None)]
-        if match.obj is None:  # a description: a slot phrase would have no object to fill
-            same_form = same_form or [p for p in options if not p.has_slot]
-        phrase = (same_form or options)[int(rng.integers(len(same_form or options)))]
-        words = phrase.text.replace("{}", match.obj) if phrase.has_slot else phrase.text
-        if phrase.has_slot and match.obj is None:  # only slot phrases exist: keep them, with no object
-            words = " ".join(phrase.text.replace("{}", "").split())
+        options = [p for p in options if p.has_slot == (match.obj is not None)] or options
+        phrase = options[int(rng.integers(len(options)))]
+        words = phrase.text
+        if phrase.has_slot:  # the match's object; a description has none, so the slot just closes up
+            words = words.replace("{}", match.obj) if match.obj is not None else " ".join(words.replace("{}", "").split())
         return f"{text[:match.start]}{words}{text[match.end:]}"
 
+    def actions_in(self, captions: Sequence[str]) -> frozenset[str]:
+        """The actions that ``captions`` name (e.g. a whole video's narration)."""
+        return frozenset(m.action for c in captions for m in self.find_all(c))
+
     def negatives(self, captions: Sequence[str], rng: np.random.Generator, count: int,
-                  context: Sequence[str] | None = None) -> list[str | None]:
+                  pool: Collection[str] | None = None) -> list[str | None]:
         """``count`` hard negatives for a clip whose positives are ``captions`` (its K candidates).
 
         Each negative rewrites one phrase of a random candidate that has one, as an action that no
         candidate names (so it is not another correct description of the same clip), each action once.
-        The actions come from ``context`` (the rest of the video's narration) when given, else from the
-        whole lexicon. Narration of the same video names actions that fit its scene, so the scene does
+        The actions come from ``pool`` when given (the actions of the video's narration, :meth:`actions_in`),
+        else from the whole lexicon. Narration of the same video names actions that fit its scene, so the scene does
         not give the negative away and only the motion does; actions drawn from the whole lexicon can
         often be ruled out by the scene alone (a video's steps follow its task). ``None`` pads the list
         where no candidate names an action or fewer than ``count`` actions are left.
         """
         matches = [(i, m) for i, c in enumerate(captions) for m in self.find_all(c)]
-        named = {m.action for _, m in matches}
-        pool = self.actions if context is None else {m.action for c in context for m in self.find_all(c)}
-        others = [a for a in self.actions if a in pool and a not in named]  # lexicon order: deterministic
         if not matches:
             return [None] * count
+        named = {m.action for _, m in matches}
+        others = [a for a in self.actions if (pool is None or a in pool) and a not in named]  # lexicon order
         out: list[str | None] = []
         for action in [others[i] for i in rng.permutation(len(others))][:count]:
             i, m = matches[int(rng.integers(len(matches)))]

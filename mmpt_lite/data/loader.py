@@ -111,6 +111,7 @@ class MilNceClipDataset(Dataset):
         self.clips_per_video, self.reversed_twins = clips_per_video, reversed_twins
         self.action_lexicon, self.num_negatives = action_lexicon, num_negatives
         self.negatives_from_video = negatives_from_video
+        self._video_actions: dict[str, frozenset[str]] = {}  # actions each video's narration names (cache)
 
     def __len__(self) -> int:
         return len(self.video_ids) * self.clips_per_video
@@ -141,8 +142,12 @@ class MilNceClipDataset(Dataset):
         clip[:len(cropped), :cropped.shape[1], :cropped.shape[2]] = cropped
         captions = [texts[i] for i in choice.caption_ids]
         if self.num_negatives:
-            negatives = self.action_lexicon.negatives(captions, rng, self.num_negatives,
-                                                      context=texts if self.negatives_from_video else None)
+            pool = None
+            if self.negatives_from_video:
+                if vid not in self._video_actions:
+                    self._video_actions[vid] = self.action_lexicon.actions_in(texts)
+                pool = self._video_actions[vid]
+            negatives = self.action_lexicon.negatives(captions, rng, self.num_negatives, pool=pool)
             text = self.tokenize(captions + [n if n is not None else captions[0] for n in negatives])
             k = len(captions)
             return {"video": torch.from_numpy(clip), "text": {name: v[:k] for name, v in text.items()},
