@@ -68,17 +68,22 @@ def pooled_features(model, windows: np.ndarray, batch: int = 16) -> dict[str, np
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
-def zero_shot_actions(model, features: np.ndarray, splits, truth: dict[str, dict]) -> float:
-    """Top-1 over the classes' verbs, each caption naming the clip's own object (features [V, W, D] embeddings)."""
-    video = torch.from_numpy(features.mean(axis=1))
+def zero_shot_top1(model, video: torch.Tensor, looks: list[dict], classes: list[str], labels) -> float:
+    """Top-1 of video embeddings [N, D] over captions "the <colour> <shape> <verb>", one per class, each
+    naming clip i's own object ``looks[i]``, so only the action words differ; ``labels[i]`` indexes ``classes``."""
     hits = 0
     with torch.no_grad():
-        for i, name in enumerate(splits.videos):
-            look = truth[name]["steps"][0]["objects"][0]
-            texts = [f"the {look['colour']} {look['shape']} {DESCRIBE[c][0]}" for c in splits.classes]
+        for i, look in enumerate(looks):
+            texts = [f"the {look['colour']} {look['shape']} {DESCRIBE[c][0]}" for c in classes]
             text = model(text=model.tokenizer(texts))["text_embedding"]
-            hits += int((text @ video[i]).argmax()) == int(splits.labels[i])
-    return hits / len(splits.videos)
+            hits += int((text @ video[i]).argmax()) == int(labels[i])
+    return hits / len(looks)
+
+
+def zero_shot_actions(model, features: np.ndarray, splits, truth: dict[str, dict]) -> float:
+    """Zero-shot action top-1 of the HMDB-format clips (features [V, W, D] embeddings, window-averaged)."""
+    looks = [truth[name]["steps"][0]["objects"][0] for name in splits.videos]
+    return zero_shot_top1(model, torch.from_numpy(features.mean(axis=1)), looks, list(splits.classes), splits.labels)
 
 
 def corpus_step_clips(data_root: Path, split: str, protocol: ProbeProtocol, limit: int = 150):
@@ -105,16 +110,11 @@ def corpus_step_clips(data_root: Path, split: str, protocol: ProbeProtocol, limi
 
 
 def zero_shot_on_clips(model, clips: np.ndarray, doers: list[dict]) -> float:
-    """Top-1 over the 11 actions' captions naming each clip's own object (clips uint8 [N, T, S, S, 3])."""
+    """Zero-shot action top-1 over all 11 actions of single windows (clips uint8 [N, T, S, S, 3])."""
     classes = list(DESCRIBE)
-    hits = 0
     with torch.no_grad():
         video = model(video=normalise_video(torch.from_numpy(clips), model, torch.device("cpu")))["video_embedding"]
-        for i, obj in enumerate(doers):
-            texts = [f"the {obj['colour']} {obj['shape']} {DESCRIBE[c][0]}" for c in classes]
-            text = model(text=model.tokenizer(texts))["text_embedding"]
-            hits += int((text @ video[i]).argmax()) == classes.index(obj["action"])
-    return hits / len(doers)
+    return zero_shot_top1(model, video, doers, classes, [classes.index(d["action"]) for d in doers])
 
 
 def supervised_check(model, windows: np.ndarray, splits, *, steps: int, lr: float, batch: int = 32,

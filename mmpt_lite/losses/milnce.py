@@ -63,11 +63,8 @@ def milnce_loss(video_embedding: torch.Tensor, text_embedding: torch.Tensor, *, 
         if negative_embedding.shape[0] != batch:
             raise ValueError(f"milnce_loss: negatives for {negative_embedding.shape[0]} videos, expected {batch}")
         negative = torch.einsum("bd,bmd->bm", video_embedding.to(dtype), negative_embedding.to(dtype))
-        if negative_mask is not None:
-            negative = negative.masked_fill(~negative_mask.bool(), float("-inf"))
-            valid = negative_mask.bool()
-        else:
-            valid = torch.ones_like(negative, dtype=torch.bool)
+        valid = negative_mask.bool() if negative_mask is not None else torch.ones_like(negative, dtype=torch.bool)
+        negative = negative.masked_fill(~valid, float("-inf"))
         terms = torch.cat((terms, negative), dim=1)
         wins = (negative.detach() < own.detach().max(dim=1, keepdim=True).values) & valid
         extra["negative_win"] = wins.sum() / valid.sum().clamp(min=1)
