@@ -39,6 +39,9 @@ class SyntheticConfig:
     enabled: bool = True
     seed: int = 0
     size: Literal["tiny", "default", "large"] = "default"
+    # Training videos' background hue: "task" (the scene predicts the recipe, as on HowTo100M) or "random"
+    # (one per video: no scene cue, so only motion tells the actions apart). Use another data.root for each.
+    train_hue: Literal["task", "random"] = "task"
 
 
 @dataclass(kw_only=True)

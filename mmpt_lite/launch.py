@@ -95,7 +95,8 @@ def render_sbatch(cfg: RunConfig, config_path: Path, workdir: Path) -> str:
 def describe_run(cfg: RunConfig, jobtype: str) -> str:
     """The main job's first line: which data and which model preset."""
     d = cfg.data
-    data = (f"how2-synth (synthetic seed {d.synthetic.seed}, size {d.synthetic.size}) at {resolve_path(d.root)}"
+    hue = ", random training hues" if d.synthetic.train_hue == "random" else ""
+    data = (f"how2-synth (synthetic seed {d.synthetic.seed}, size {d.synthetic.size}{hue}) at {resolve_path(d.root)}"
             if d.synthetic.enabled else f"{resolve_path(d.root)}")
     if cfg.train.task == "mae":  # masked pretraining: no text tower, no contrastive loss
         m = cfg.mae

@@ -20,15 +20,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", choices=sorted(SIZES), default="default")
     parser.add_argument("--workers", type=int, default=2, help="parallel render processes (<= 1: in-process)")
+    parser.add_argument("--train_hue", choices=("task", "random"), default="task",
+                        help="training videos' background hue: their task's (default) or one random hue each")
     args = parser.parse_args(argv)
     try:
-        summary = generate_corpus(args.out, seed=args.seed, size=args.size, workers=args.workers)
+        summary = generate_corpus(args.out, seed=args.seed, size=args.size, workers=args.workers,
+                                  train_hue=args.train_hue)
     except (OSError, RuntimeError, ValueError) as error:  # FileExistsError is an OSError
         print(f"make_synthetic: {error}", file=sys.stderr)
         return 1
     verb = "reused" if summary["reused"] else "generated"
     print(f"how2-synth {verb}: {summary['out_dir']} (seed {summary['seed']}, size {summary['size']}, "
-          f"{summary['files']} files, {summary['bytes'] / 1e6:.1f} MB, {summary['seconds']:.1f} s)")
+          f"train_hue {summary['train_hue']}, {summary['files']} files, {summary['bytes'] / 1e6:.1f} MB, {summary['seconds']:.1f} s)")
     print("counts: " + ", ".join(f"{split}={n}" for split, n in summary["counts"].items()))
     for kind, pairs in summary["heldout"].items():
         print(f"held out of training ({kind}): " + ", ".join("/".join(pair) for pair in pairs))

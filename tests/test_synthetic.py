@@ -3,6 +3,7 @@ held-out combinations, direction really encoded in time, determinism, atomic int
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmpt_lite.data import synthetic_render
+from mmpt_lite.data import synthetic_plan, synthetic_render
 from mmpt_lite.data.synthetic import SIZES, generate_corpus, plan_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,12 +242,37 @@ def test_a_different_seed_gives_different_files(corpus, tmp_path):
         assert synthetic_render.render_video(spec, str(tmp_path))[1] not in ours
 
 
+def test_random_train_hue_changes_only_the_training_videos_hue():
+    """train_hue="random": one independent hue per training video (no task cue); everything else as planned."""
+    by_task, random_hue = plan_corpus(seed=0, size="default"), plan_corpus(seed=0, size="default", train_hue="random")
+    task_of = {r["path"]: r["task"] for r in by_task.truth if r["split"] == "train"}
+    task_hue = {number: hue for number, _, hue, _ in synthetic_plan.TASKS}
+
+    def circular(a, b):
+        return min(abs(a - b), 1 - abs(a - b))
+
+    changed = 0
+    for ours, theirs in zip(by_task.specs, random_hue.specs, strict=True):
+        if ours.rel_path in task_of:
+            assert circular(ours.hue, task_hue[task_of[ours.rel_path]]) <= 0.04 + 1e-9
+            assert dataclasses.replace(ours, hue=0.0) == dataclasses.replace(theirs, hue=0.0)
+            changed += circular(theirs.hue, task_hue[task_of[ours.rel_path]]) > 0.04
+        else:
+            assert ours == theirs
+    assert changed > 0.8 * len(task_of)  # ~92% of uniform draws fall outside a task's +-0.04 band
+    assert by_task.files == random_hue.files and by_task.truth == random_hue.truth
+    with pytest.raises(ValueError, match="train_hue 'scene'"):
+        plan_corpus(seed=0, size="tiny", train_hue="scene")
+
+
 def test_rerun_on_a_complete_corpus_returns_quickly_and_foreign_folders_are_refused(corpus, tmp_path):
     began = time.monotonic()
     assert generate_corpus(corpus, seed=0, size="tiny")["reused"]
     assert time.monotonic() - began < 2.0
     with pytest.raises(FileExistsError, match="seed=0"):
         generate_corpus(corpus, seed=1, size="tiny")
+    with pytest.raises(FileExistsError, match="train_hue=task, not .* train_hue=random"):
+        generate_corpus(corpus, seed=0, size="tiny", train_hue="random")
     (tmp_path / "notes.txt").write_text("not a corpus")
     with pytest.raises(FileExistsError, match="no manifest.json"):
         generate_corpus(tmp_path, seed=0, size="tiny")

@@ -59,9 +59,11 @@ def _ensure_corpus(cfg: RunConfig, root: Path, build: bool) -> None:
     if not build:
         raise FileNotFoundError(f"data.root: {root} is not ready (the main rank should have generated it)")
     from mmpt_lite.data.synthetic import generate_corpus
-    log.info("generating the synthetic corpus how2-synth (seed %d, size %s) in %s",
-             cfg.data.synthetic.seed, cfg.data.synthetic.size, root)
-    generate_corpus(root, seed=cfg.data.synthetic.seed, size=cfg.data.synthetic.size, workers=os.cpu_count() or 1)
+    synthetic = cfg.data.synthetic
+    log.info("generating the synthetic corpus how2-synth (seed %d, size %s, train_hue %s) in %s",
+             synthetic.seed, synthetic.size, synthetic.train_hue, root)
+    generate_corpus(root, seed=synthetic.seed, size=synthetic.size, workers=os.cpu_count() or 1,
+                    train_hue=synthetic.train_hue)
 
 
 def _ensure_shards(cfg: RunConfig, root: Path, shard_root: Path, build: bool) -> None:

@@ -74,7 +74,7 @@ def _remove_stale_builds(out: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _existing_corpus(out: Path, seed: int, size: str) -> dict | None:
+def _existing_corpus(out: Path, seed: int, size: str, train_hue: str = "task") -> dict | None:
     """The manifest of a complete corpus at `out` made with these settings; None when `out` is absent or empty."""
     manifest_path = out / "manifest.json"
     if not manifest_path.is_file():
@@ -86,11 +86,12 @@ def _existing_corpus(out: Path, seed: int, size: str) -> dict | None:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as error:
         raise RuntimeError(f"{manifest_path} is unreadable ({error}): remove {out} and generate again") from None
-    made = (manifest.get("seed"), manifest.get("size"), manifest.get("generator_version"))
-    if made != (seed, size, GENERATOR_VERSION):
-        raise FileExistsError(f"{out} holds how2-synth seed={made[0]} size={made[1]} version={made[2]}, not "
-                              f"seed={seed} size={size} version={GENERATOR_VERSION}: remove it or choose another "
-                              "folder")
+    made = (manifest.get("seed"), manifest.get("size"), manifest.get("generator_version"),
+            manifest.get("train_hue", "task"))  # corpora made before the option have task hues
+    if made != (seed, size, GENERATOR_VERSION, train_hue):
+        raise FileExistsError(f"{out} holds how2-synth seed={made[0]} size={made[1]} version={made[2]} "
+                              f"train_hue={made[3]}, not seed={seed} size={size} version={GENERATOR_VERSION} "
+                              f"train_hue={train_hue}: remove it or choose another folder")
     for rel, info in manifest["files"].items():
         path = out / rel
         if not path.is_file() or path.stat().st_size != info["bytes"]:
@@ -100,25 +101,28 @@ def _existing_corpus(out: Path, seed: int, size: str) -> dict | None:
 
 def _summary(out: Path, manifest: dict, seconds: float, reused: bool) -> dict:
     return {"out_dir": str(out), "seed": manifest["seed"], "size": manifest["size"],
-            "generator_version": manifest["generator_version"], "counts": manifest["counts"],
+            "generator_version": manifest["generator_version"], "train_hue": manifest.get("train_hue", "task"),
+            "counts": manifest["counts"],
             "heldout": manifest["heldout"], "files": len(manifest["files"]),
             "bytes": sum(info["bytes"] for info in manifest["files"].values()),
             "seconds": round(seconds, 2), "reused": reused}
 
 
-def generate_corpus(out_dir: str | Path, seed: int = 0, size: str = "default", workers: int = 2) -> dict:
-    """Generate how2-synth into `out_dir` (or reuse a complete one made with the same seed and size).
+def generate_corpus(out_dir: str | Path, seed: int = 0, size: str = "default", workers: int = 2,
+                    train_hue: str = "task") -> dict:
+    """Generate how2-synth into `out_dir` (or reuse a complete one made with the same settings).
 
-    `workers` render processes run in parallel (<= 1: render in this process). Returns a summary:
-    out_dir, seed, size, generator_version, counts, heldout, files, bytes, seconds, reused. Raises
-    ValueError for a bad seed or size, FileExistsError when `out_dir` holds something else,
+    `workers` render processes run in parallel (<= 1: render in this process). `train_hue`: see
+    :func:`plan_corpus`. Returns a summary: out_dir, seed, size, generator_version, train_hue, counts,
+    heldout, files, bytes, seconds, reused. Raises
+    ValueError for a bad seed, size or train_hue, FileExistsError when `out_dir` holds something else,
     RuntimeError when ffmpeg is missing or fails.
     """
     began = time.monotonic()
     out = Path(out_dir).absolute()
-    plan = plan_corpus(seed, size)  # validates seed and size; planning is cheap (~0.1 s for default)
+    plan = plan_corpus(seed, size, train_hue)  # validates the settings; planning is cheap (~0.1 s for default)
     seed = plan.seed
-    manifest = _existing_corpus(out, seed, size)
+    manifest = _existing_corpus(out, seed, size, train_hue)
     if manifest is not None:
         return _summary(out, manifest, time.monotonic() - began, reused=True)
     ffmpeg_version = _ffmpeg_version()
@@ -136,6 +140,7 @@ def generate_corpus(out_dir: str | Path, seed: int = 0, size: str = "default", w
             files[rel] = (hashlib.sha256(data).hexdigest(), len(data))
         manifest = {
             "name": "how2-synth", "generator_version": GENERATOR_VERSION, "seed": seed, "size": size,
+            "train_hue": train_hue,
             "preset": dataclasses.asdict(plan.preset), "ffmpeg": ffmpeg_version, "counts": plan.counts,
             "heldout": {"shape_action": [list(p) for p in plan.heldout.shape_action],
                         "colour_shape": [list(p) for p in plan.heldout.colour_shape]},
@@ -146,7 +151,7 @@ def generate_corpus(out_dir: str | Path, seed: int = 0, size: str = "default", w
         try:
             os.rename(build, out)  # atomic; replaces `out` only if it is an empty folder
         except OSError:
-            if _existing_corpus(out, seed, size) is None:  # a concurrent run did not finish it either
+            if _existing_corpus(out, seed, size, train_hue) is None:  # a concurrent run did not finish it either
                 raise
             shutil.rmtree(build)
             return _summary(out, manifest, time.monotonic() - began, reused=True)

@@ -103,7 +103,10 @@ SSV2_FPS, SSV2_WIDTHS = 12, (320, 426)
 _HORIZONTAL, _VERTICAL = ("move_left", "move_right"), ("move_up", "move_down", "bounce")
 # Independent random streams: (seed, stream, index) seeds one Generator per video or per table.
 _STREAMS = {"heldout": 1, "train": 2, "youcook2": 3, "msrvtt": 4, "finegrained": 5, "hmdb51": 6,
-            "hmdb51_splits": 7, "kinetics": 8, "ssv2": 9}
+            "hmdb51_splits": 7, "kinetics": 8, "ssv2": 9, "train_hue": 77}
+# Where a training video's background hue comes from: its task (the scene predicts the recipe's actions,
+# as on HowTo100M) or an independent draw per video (no scene cue: only motion tells the actions apart).
+TRAIN_HUES = ("task", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,8 +297,8 @@ def _csv(columns: list[str], rows: list[list]) -> str:
 class CorpusPlan:
     """Everything to write: video specs (rendered by workers), text files by path, ground truth, counts."""
 
-    def __init__(self, seed: int, preset: SizePreset) -> None:
-        self.seed, self.preset, self.heldout = seed, preset, choose_heldout(seed)
+    def __init__(self, seed: int, preset: SizePreset, train_hue: str = "task") -> None:
+        self.seed, self.preset, self.heldout, self.train_hue = seed, preset, choose_heldout(seed), train_hue
         self.specs: list[VideoSpec] = []
         self.files: dict[str, str] = {}
         self.truth: list[dict] = []
@@ -334,7 +337,9 @@ def _plan_train(plan: CorpusPlan) -> None:
         duration = int(rng.integers(preset.train_seconds[0], preset.train_seconds[1] + 1))
         fps = int(_pick(rng, preset.train_fps))
         steps, shots = _plan_task_video(rng, task, duration, plan.heldout, evaluation=False)
-        spec = _spec(rng, f"videos/{video_id}.mp4", fps, duration * fps, task[2], shots)
+        # Drawn from its own stream, so "random" changes nothing but the hue.
+        hue = task[2] if plan.train_hue == "task" else float(_rng(plan.seed, "train_hue", i).uniform())
+        spec = _spec(rng, f"videos/{video_id}.mp4", fps, duration * fps, hue, shots)
         lines = text.narrate(rng, task[1], steps, duration)
         plan.files[f"captions/{video_id}.csv"] = _csv(["start", "end", "text"],
                                                       [[f"{s:.2f}", f"{e:.2f}", words] for s, e, words in lines])
@@ -493,14 +498,19 @@ def _plan_ssv2(plan: CorpusPlan) -> None:
         plan.counts[f"ssv2_{split}"] = len(entries)
 
 
-def plan_corpus(seed: int, size: str) -> CorpusPlan:
-    """The whole corpus as specs and file contents, without rendering anything (cheap)."""
+def plan_corpus(seed: int, size: str, train_hue: str = "task") -> CorpusPlan:
+    """The whole corpus as specs and file contents, without rendering anything (cheap).
+
+    `train_hue`: "task" (training videos take their task's hue) or "random" (one independent hue per video).
+    """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+    if train_hue not in TRAIN_HUES:
+        raise ValueError(f"unknown train_hue {train_hue!r}; choose one of {list(TRAIN_HUES)}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     seed = int(seed)
-    plan = CorpusPlan(seed, SIZES[size])
+    plan = CorpusPlan(seed, SIZES[size], train_hue)
     for planner in (_plan_train, _plan_youcook, _plan_msrvtt, _plan_finegrained, _plan_hmdb, _plan_kinetics,
                     _plan_ssv2):
         planner(plan)
