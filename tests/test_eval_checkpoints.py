@@ -13,11 +13,12 @@ from conftest import make_video
 from safetensors.torch import save_file
 
 from mmpt_lite.checkpoint import save_checkpoint
-from mmpt_lite.config import ModelConfig, RunConfig, TextTowerConfig, VideoTowerConfig
+from mmpt_lite.config import MaeConfig, ModelConfig, RunConfig, TextTowerConfig, VideoTowerConfig
 from mmpt_lite.evaluation import cli
 from mmpt_lite.evaluation.checkpoints import (
     MILNCE_REPO,
     MMPT_FORMAT,
+    MMPT_MAE_FORMAT,
     RANDOM_INIT,
     S3D_OFFICIAL,
     CheckpointFormatError,
@@ -26,6 +27,7 @@ from mmpt_lite.evaluation.checkpoints import (
 )
 from mmpt_lite.fileio import file_sha256
 from mmpt_lite.models.build import build_model
+from mmpt_lite.models.mae import build_mae_pretrainer
 
 REPO = Path(__file__).resolve().parents[1]
 S3D_SHAPES = Path("/work/shared/reference/s3d_howto100m_state_dict.json")
@@ -180,3 +182,26 @@ def test_official_s3d_names_evaluate_end_to_end(tmp_path):
     result = json.loads((tmp_path / "out.json").read_text())["models"]["checkpoint"]
     assert result["checkpoint"]["kind"] == S3D_OFFICIAL and result["checkpoint"]["max_words"] == 16
     assert result["num_unreadable"] == 1 and result["num_texts"] == 3
+
+
+def test_masked_pretraining_run_serves_the_probe_and_is_refused_for_retrieval(tmp_path, capsys):
+    """A train.task=mae run: its encoder is the video tower (text tower untrained, no vocabulary)."""
+    cfg = RunConfig()
+    cfg = dataclasses.replace(cfg, model=ModelConfig(video=VideoTowerConfig(preset="vit_tiny"),
+                                                     text=TextTowerConfig(word_dim=8, hidden_dim=16), embed_dim=16),
+                              train=dataclasses.replace(cfg.train, task="mae", output_dir=str(tmp_path), seed=3))
+    torch.manual_seed(1)
+    mae = build_mae_pretrainer("vit_tiny", MaeConfig())
+    save_checkpoint(tmp_path, 4, model_state=mae.state_dict(), train_state={"step": 4}, cfg=cfg)
+    loaded = load_model(tmp_path)
+    assert loaded.kind == MMPT_MAE_FORMAT and "video tower only" in loaded.description
+    tower = loaded.model.video_tower.state_dict()
+    for key, value in mae.state_dict().items():
+        if key.startswith("encoder.") and key.removeprefix("encoder.") != "pos_embed":
+            assert torch.equal(tower[key.removeprefix("encoder.")], value), key
+    baseline = load_model(tmp_path, random_init=True)
+    assert baseline.kind == RANDOM_INIT
+    assert not torch.equal(baseline.model.video_tower.state_dict()["patch_embed.proj.weight"],
+                           tower["patch_embed.proj.weight"])
+    assert cli.main("msrvtt", ["--pretrain_cnn_path", str(tmp_path), "--quiet"]) == 2
+    assert "masked-pretraining checkpoint" in capsys.readouterr().err

@@ -31,6 +31,7 @@ from mmpt_lite.models.s3d import uses_space_to_depth
 from mmpt_lite.models.text import load_word2vec, load_word_dictionary
 
 MMPT_FORMAT = "mmpt_lite"
+MMPT_MAE_FORMAT = "mmpt_lite_mae"  # a masked-pretraining run (train.task: mae): a video encoder only
 S3D_OFFICIAL = "s3d_official"
 MILNCE_REPO = "milnce_repo"
 # Entries every S3D checkpoint carries (official names): the stem conv, the video head, the text branch.
@@ -178,6 +179,8 @@ def random_init_model(cfg: RunConfig, *, seed: int | None = None, max_words: int
 def _load_mmpt(source: CheckpointSource, word2vec: str | None, max_words: int | None,
                random_init: bool, seed: int | None) -> LoadedModel:
     cfg = load_config(source.folder / "config.yaml")
+    if cfg.train.task == "mae":
+        return _load_mae_encoder(source, cfg, max_words, random_init, seed)
     if word2vec:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(
             cfg.model, text=dataclasses.replace(cfg.model.text, path=str(word2vec))))
@@ -191,6 +194,28 @@ def _load_mmpt(source: CheckpointSource, word2vec: str | None, max_words: int | 
     _load_weights(model, load_file(str(source.weights)), source.weights)
     return LoadedModel(model.eval(), MMPT_FORMAT, source.sha256(), cfg,
                        f"mmpt_lite {cfg.model.video.preset} / {text.kind} from {source.folder}")
+
+
+def _load_mae_encoder(source: CheckpointSource, cfg: RunConfig, max_words: int | None, random_init: bool,
+                      seed: int | None) -> LoadedModel:
+    """A masked-pretraining checkpoint: its encoder becomes the video tower (as ``model.video.init_from`` does);
+    the text tower keeps its initial weights and has no vocabulary, so only the HMDB probe can use it."""
+    if random_init:
+        baseline = random_init_model(cfg, seed=seed, max_words=max_words)
+        return dataclasses.replace(baseline, description=f"{baseline.description}, video tower only")
+    from mmpt_lite.models.init_from import init_video_tower
+
+    torch.manual_seed(cfg.train.seed if seed is None else seed)
+    model = build_model(cfg.model, max_words=max_words or cfg.data.max_words)
+    try:
+        report = init_video_tower(model, source.weights)
+    except ValueError as exc:
+        raise CheckpointFormatError(f"{source.weights}: {exc}") from None
+    if "missing keys: none;" not in report:
+        raise CheckpointFormatError(f"{source.weights}: the encoder does not fill the video tower: {report}")
+    return LoadedModel(model.eval(), MMPT_MAE_FORMAT, source.sha256(), cfg,
+                       f"mmpt_lite masked-pretraining encoder {cfg.model.video.preset} from {source.folder} "
+                       "(video tower only)")
 
 
 def _load_s3d(source: CheckpointSource, dict_path: str | None, max_words: int | None, random_init: bool,

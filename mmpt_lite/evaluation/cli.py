@@ -20,7 +20,13 @@ import torch
 from mmpt_lite.config import ConfigError, RunConfig, load_config, resolve_path
 from mmpt_lite.evaluation import report
 from mmpt_lite.evaluation.cache import DEFAULT_CACHE_DIR, FeatureCache
-from mmpt_lite.evaluation.checkpoints import CheckpointFormatError, LoadedModel, load_model, random_init_model
+from mmpt_lite.evaluation.checkpoints import (
+    MMPT_MAE_FORMAT,
+    CheckpointFormatError,
+    LoadedModel,
+    load_model,
+    random_init_model,
+)
 from mmpt_lite.evaluation.features import ProbeProtocol, RetrievalProtocol
 from mmpt_lite.evaluation.linear_probe import (
     DEFAULT_C,
@@ -155,6 +161,9 @@ def _protocol(task: str, args, run_cfg: RunConfig | None) -> tuple[RetrievalProt
 
 def make_plan(task: str, args) -> Plan:
     models, cfg = _load_models(args)
+    if task != "hmdb" and any(m.kind == MMPT_MAE_FORMAT for m in models.values()):
+        raise UsageError(f"{args.pretrain_cnn_path}: a masked-pretraining checkpoint has a video encoder and no "
+                         "trained text tower: zero-shot retrieval needs a video-text run (eval_hmdb.py probes it)")
     run_cfg = cfg or next((m.config for m in models.values() if m.config is not None), None)
     protocol, batch_size, source = _protocol(task, args, run_cfg)
     if args.eval_video_root:
