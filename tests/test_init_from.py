@@ -63,6 +63,8 @@ def test_missing_keys_are_reported(tmp_path):
     save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(tmp_path / "model.safetensors"))
     report = init_video_tower(milnce_model(), tmp_path / "model.safetensors")
     assert "missing keys: norm.weight, norm.bias;" in report
+    with pytest.raises(ValueError, match="does not fill the video tower: missing norm.weight, norm.bias"):
+        init_video_tower(milnce_model(), tmp_path / "model.safetensors", strict=True)
 
 
 def test_other_preset_is_an_error(tmp_path):

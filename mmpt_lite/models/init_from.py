@@ -73,8 +73,11 @@ def encoder_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     return encoder, layout, unused
 
 
-def init_video_tower(model: torch.nn.Module, path: str | Path) -> str:
-    """Load the encoder found at ``path`` into ``model.video_tower``; returns a one-line report."""
+def init_video_tower(model: torch.nn.Module, path: str | Path, *, strict: bool = False) -> str:
+    """Load the encoder found at ``path`` into ``model.video_tower``; returns a one-line report.
+
+    ``strict``: raise ValueError when the encoder leaves tower weights unset (else they are only reported).
+    """
     tower = model.video_tower
     if not isinstance(tower, VideoViT):
         raise ValueError(f"model.video.init_from: needs a ViT video tower, not {type(tower).__name__}")
@@ -88,6 +91,8 @@ def init_video_tower(model: torch.nn.Module, path: str | Path) -> str:
                          f"(checkpoint vs tower shapes): {'; '.join(mismatched[:5])}"
                          + (f"; and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""))
     result = tower.load_state_dict(encoder, strict=False)
+    if strict and result.missing_keys:
+        raise ValueError(f"{source} does not fill the video tower: missing {', '.join(result.missing_keys[:5])}")
     loaded = len(encoder) - len(result.unexpected_keys)
     ignored = Counter(k.split(".")[0] for k in left_out)  # e.g. decoder x 42, text_tower x 6
     return (f"loaded {loaded} tensors into video_tower from {source} ({layout} layout); "
