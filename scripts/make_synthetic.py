@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmpt_lite.data.synthetic import SIZES, generate_corpus
+from mmpt_lite.data.synthetic import SIZES, TRAIN_HUES, generate_corpus
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", choices=sorted(SIZES), default="default")
     parser.add_argument("--workers", type=int, default=2, help="parallel render processes (<= 1: in-process)")
-    parser.add_argument("--train_hue", choices=("task", "random"), default="task",
+    parser.add_argument("--train_hue", choices=TRAIN_HUES, default="task",
                         help="training videos' background hue: their task's (default) or one random hue each")
     args = parser.parse_args(argv)
     try:

@@ -29,10 +29,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from mmpt_lite.data.synthetic_plan import GENERATOR_VERSION, SIZES, plan_corpus
+from mmpt_lite.data.synthetic_plan import GENERATOR_VERSION, SIZES, TRAIN_HUES, plan_corpus
 from mmpt_lite.data.synthetic_render import VideoSpec, ffmpeg_binary, render_video
 
-__all__ = ["GENERATOR_VERSION", "SIZES", "generate_corpus", "plan_corpus"]
+__all__ = ["GENERATOR_VERSION", "SIZES", "TRAIN_HUES", "generate_corpus", "plan_corpus"]
 
 
 def _render_all(specs: list[VideoSpec], root: Path, workers: int) -> list[tuple[str, str, int]]:
@@ -74,6 +74,10 @@ def _remove_stale_builds(out: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _train_hue(manifest: dict) -> str:
+    return manifest.get("train_hue", "task")  # corpora made before the option have task hues
+
+
 def _existing_corpus(out: Path, seed: int, size: str, train_hue: str = "task") -> dict | None:
     """The manifest of a complete corpus at `out` made with these settings; None when `out` is absent or empty."""
     manifest_path = out / "manifest.json"
@@ -86,8 +90,7 @@ def _existing_corpus(out: Path, seed: int, size: str, train_hue: str = "task") -
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as error:
         raise RuntimeError(f"{manifest_path} is unreadable ({error}): remove {out} and generate again") from None
-    made = (manifest.get("seed"), manifest.get("size"), manifest.get("generator_version"),
-            manifest.get("train_hue", "task"))  # corpora made before the option have task hues
+    made = (manifest.get("seed"), manifest.get("size"), manifest.get("generator_version"), _train_hue(manifest))
     if made != (seed, size, GENERATOR_VERSION, train_hue):
         raise FileExistsError(f"{out} holds how2-synth seed={made[0]} size={made[1]} version={made[2]} "
                               f"train_hue={made[3]}, not seed={seed} size={size} version={GENERATOR_VERSION} "
@@ -101,7 +104,7 @@ def _existing_corpus(out: Path, seed: int, size: str, train_hue: str = "task") -
 
 def _summary(out: Path, manifest: dict, seconds: float, reused: bool) -> dict:
     return {"out_dir": str(out), "seed": manifest["seed"], "size": manifest["size"],
-            "generator_version": manifest["generator_version"], "train_hue": manifest.get("train_hue", "task"),
+            "generator_version": manifest["generator_version"], "train_hue": _train_hue(manifest),
             "counts": manifest["counts"],
             "heldout": manifest["heldout"], "files": len(manifest["files"]),
             "bytes": sum(info["bytes"] for info in manifest["files"].values()),
