@@ -42,6 +42,9 @@ class SyntheticConfig:
     # Training videos' background hue: "task" (the scene predicts the recipe, as on HowTo100M) or "random"
     # (one per video: no scene cue, so only motion tells the actions apart). Use another data.root for each.
     train_hue: Literal["task", "random"] = "task"
+    # Training videos to generate; 0 = the size preset's. Video i and the evaluation sets do not depend on
+    # it, so more videos extend the same corpus (less memorisation over a long run; docs/data.md).
+    train_videos: int = 0
 
 
 @dataclass(kw_only=True)
@@ -233,6 +236,9 @@ class RunConfig:
         if self.data.reversed_twins and self.retri.enabled:
             raise ConfigError("data.reversed_twins: retrieval-augmented batches (retri.enabled) embed single clips; "
                               "turn one of them off")
+        if self.data.synthetic.train_videos < 0:
+            raise ConfigError(f"data.synthetic.train_videos: {self.data.synthetic.train_videos} must be >= 0 "
+                              "(0: the size preset's)")
         negatives = self.data.action_negatives.count
         if negatives < 0:
             raise ConfigError(f"data.action_negatives.count: {negatives} must be >= 0")

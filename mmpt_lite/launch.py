@@ -95,8 +95,9 @@ def render_sbatch(cfg: RunConfig, config_path: Path, workdir: Path) -> str:
 def describe_run(cfg: RunConfig, jobtype: str) -> str:
     """The main job's first line: which data and which model preset."""
     d = cfg.data
-    hue = ", random training hues" if d.synthetic.train_hue == "random" else ""
-    data = (f"how2-synth (synthetic seed {d.synthetic.seed}, size {d.synthetic.size}{hue}) at {resolve_path(d.root)}"
+    corpus = ", random training hues" if d.synthetic.train_hue == "random" else ""
+    corpus += f", {d.synthetic.train_videos} training videos" if d.synthetic.train_videos else ""
+    data = (f"how2-synth (synthetic seed {d.synthetic.seed}, size {d.synthetic.size}{corpus}) at {resolve_path(d.root)}"
             if d.synthetic.enabled else f"{resolve_path(d.root)}")
     if cfg.train.task == "mae":  # masked pretraining: no text tower, no contrastive loss
         m = cfg.mae

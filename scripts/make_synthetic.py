@@ -22,10 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="parallel render processes (<= 1: in-process)")
     parser.add_argument("--train_hue", choices=TRAIN_HUES, default="task",
                         help="training videos' background hue: their task's (default) or one random hue each")
+    parser.add_argument("--train_videos", type=int, default=0,
+                        help="number of training videos (default 0: the size preset's)")
     args = parser.parse_args(argv)
     try:
         summary = generate_corpus(args.out, seed=args.seed, size=args.size, workers=args.workers,
-                                  train_hue=args.train_hue)
+                                  train_hue=args.train_hue, train_videos=args.train_videos)
     except (OSError, RuntimeError, ValueError) as error:  # FileExistsError is an OSError
         print(f"make_synthetic: {error}", file=sys.stderr)
         return 1

@@ -144,3 +144,11 @@ def test_action_negatives_checks(tmp_path):
         load_config(path, ["data.reversed_twins=true"])
     with pytest.raises(ConfigError, match="data.action_negatives.lexcon"):
         load_config(path, ["data.action_negatives.lexcon=x"])
+
+
+def test_synthetic_train_videos_must_not_be_negative(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data: {synthetic: {train_videos: 3000}}\n")
+    assert load_config(path).data.synthetic.train_videos == 3000
+    with pytest.raises(ConfigError, match=r"data.synthetic.train_videos: -5 must be >= 0 \(0: the size preset's\)"):
+        load_config(path, ["data.synthetic.train_videos=-5"])

@@ -265,14 +265,36 @@ def test_random_train_hue_changes_only_the_training_videos_hue():
         plan_corpus(seed=0, size="tiny", train_hue="scene")
 
 
+def test_more_training_videos_extend_the_corpus_and_leave_the_evaluation_sets_alone():
+    """train_videos=N: videos 0..n-1 are the preset's, the rest are new; every evaluation split is unchanged."""
+    preset, larger = plan_corpus(seed=0, size="tiny"), plan_corpus(seed=0, size="tiny", train_videos=10)
+    assert (preset.counts["train"], larger.counts["train"]) == (6, 10)
+
+    def split(plan, name):
+        return [(record, spec) for record, spec in zip(plan.truth, plan.specs, strict=True) if record["split"] == name]
+
+    assert split(larger, "train")[:6] == split(preset, "train")
+    assert len({record["path"] for record, _ in split(larger, "train")}) == 10
+    assert [pair for pair in zip(larger.truth, larger.specs, strict=True) if pair[0]["split"] != "train"] == [
+        pair for pair in zip(preset.truth, preset.specs, strict=True) if pair[0]["split"] != "train"]
+    assert larger.files["train.csv"].splitlines()[:7] == preset.files["train.csv"].splitlines()
+    assert {k: v for k, v in larger.files.items() if not k.startswith(("captions/", "train.csv", "ground_truth"))} == {
+        k: v for k, v in preset.files.items() if not k.startswith(("captions/", "train.csv", "ground_truth"))}
+    assert plan_corpus(seed=0, size="tiny", train_videos=0).files == preset.files
+    with pytest.raises(ValueError, match="train_videos must be a non-negative integer, got -1"):
+        plan_corpus(seed=0, size="tiny", train_videos=-1)
+
+
 def test_rerun_on_a_complete_corpus_returns_quickly_and_foreign_folders_are_refused(corpus, tmp_path):
     began = time.monotonic()
     assert generate_corpus(corpus, seed=0, size="tiny")["reused"]
     assert time.monotonic() - began < 2.0
     with pytest.raises(FileExistsError, match="seed=0"):
         generate_corpus(corpus, seed=1, size="tiny")
-    with pytest.raises(FileExistsError, match="train_hue=task, not .* train_hue=random"):
+    with pytest.raises(FileExistsError, match="train_hue=task train_videos=6, not .* train_hue=random"):
         generate_corpus(corpus, seed=0, size="tiny", train_hue="random")
+    with pytest.raises(FileExistsError, match="train_videos=6, not .* train_videos=7"):
+        generate_corpus(corpus, seed=0, size="tiny", train_videos=7)
     (tmp_path / "notes.txt").write_text("not a corpus")
     with pytest.raises(FileExistsError, match="no manifest.json"):
         generate_corpus(tmp_path, seed=0, size="tiny")

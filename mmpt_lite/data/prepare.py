@@ -60,10 +60,10 @@ def _ensure_corpus(cfg: RunConfig, root: Path, build: bool) -> None:
         raise FileNotFoundError(f"data.root: {root} is not ready (the main rank should have generated it)")
     from mmpt_lite.data.synthetic import generate_corpus
     synthetic = cfg.data.synthetic
-    log.info("generating the synthetic corpus how2-synth (seed %d, size %s, train_hue %s) in %s",
-             synthetic.seed, synthetic.size, synthetic.train_hue, root)
+    log.info("generating the synthetic corpus how2-synth (seed %d, size %s, train_hue %s, train_videos %s) in %s",
+             synthetic.seed, synthetic.size, synthetic.train_hue, synthetic.train_videos or "preset", root)
     generate_corpus(root, seed=synthetic.seed, size=synthetic.size, workers=os.cpu_count() or 1,
-                    train_hue=synthetic.train_hue)
+                    train_hue=synthetic.train_hue, train_videos=synthetic.train_videos)
 
 
 def _ensure_shards(cfg: RunConfig, root: Path, shard_root: Path, build: bool) -> None:

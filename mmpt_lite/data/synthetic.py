@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from mmpt_lite.data.synthetic_plan import GENERATOR_VERSION, SIZES, TRAIN_HUES, plan_corpus
+from mmpt_lite.data.synthetic_plan import GENERATOR_VERSION, SIZES, TRAIN_HUES, CorpusPlan, plan_corpus
 from mmpt_lite.data.synthetic_render import VideoSpec, ffmpeg_binary, render_video
 
 __all__ = ["GENERATOR_VERSION", "SIZES", "TRAIN_HUES", "generate_corpus", "plan_corpus"]
@@ -78,8 +78,12 @@ def _train_hue(manifest: dict) -> str:
     return manifest.get("train_hue", "task")  # corpora made before the option have task hues
 
 
-def _existing_corpus(out: Path, seed: int, size: str, train_hue: str = "task") -> dict | None:
-    """The manifest of a complete corpus at `out` made with these settings; None when `out` is absent or empty."""
+def _settings(seed, size, version, train_hue, train_videos) -> str:
+    return f"seed={seed} size={size} version={version} train_hue={train_hue} train_videos={train_videos}"
+
+
+def _existing_corpus(out: Path, size: str, plan: CorpusPlan) -> dict | None:
+    """The manifest of a complete corpus at `out` made as (`size`, `plan`) say; None when `out` is absent or empty."""
     manifest_path = out / "manifest.json"
     if not manifest_path.is_file():
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -90,11 +94,12 @@ def _existing_corpus(out: Path, seed: int, size: str, train_hue: str = "task") -
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as error:
         raise RuntimeError(f"{manifest_path} is unreadable ({error}): remove {out} and generate again") from None
-    made = (manifest.get("seed"), manifest.get("size"), manifest.get("generator_version"), _train_hue(manifest))
-    if made != (seed, size, GENERATOR_VERSION, train_hue):
-        raise FileExistsError(f"{out} holds how2-synth seed={made[0]} size={made[1]} version={made[2]} "
-                              f"train_hue={made[3]}, not seed={seed} size={size} version={GENERATOR_VERSION} "
-                              f"train_hue={train_hue}: remove it or choose another folder")
+    made = (manifest.get("seed"), manifest.get("size"), manifest.get("generator_version"), _train_hue(manifest),
+            manifest.get("counts", {}).get("train"))
+    wanted = (plan.seed, size, GENERATOR_VERSION, plan.train_hue, plan.counts["train"])
+    if made != wanted:
+        raise FileExistsError(f"{out} holds how2-synth {_settings(*made)}, not {_settings(*wanted)}: "
+                              "remove it or choose another folder")
     for rel, info in manifest["files"].items():
         path = out / rel
         if not path.is_file() or path.stat().st_size != info["bytes"]:
@@ -112,20 +117,20 @@ def _summary(out: Path, manifest: dict, seconds: float, reused: bool) -> dict:
 
 
 def generate_corpus(out_dir: str | Path, seed: int = 0, size: str = "default", workers: int = 2,
-                    train_hue: str = "task") -> dict:
+                    train_hue: str = "task", train_videos: int = 0) -> dict:
     """Generate how2-synth into `out_dir` (or reuse a complete one made with the same settings).
 
-    `workers` render processes run in parallel (<= 1: render in this process). `train_hue`: see
-    :func:`plan_corpus`. Returns a summary: out_dir, seed, size, generator_version, train_hue, counts,
+    `workers` render processes run in parallel (<= 1: render in this process). `train_hue` and
+    `train_videos`: see :func:`plan_corpus`. Returns a summary: out_dir, seed, size, generator_version, train_hue, counts,
     heldout, files, bytes, seconds, reused. Raises
-    ValueError for a bad seed, size or train_hue, FileExistsError when `out_dir` holds something else,
+    ValueError for a bad seed, size, train_hue or train_videos, FileExistsError when `out_dir` holds something else,
     RuntimeError when ffmpeg is missing or fails.
     """
     began = time.monotonic()
     out = Path(out_dir).absolute()
-    plan = plan_corpus(seed, size, train_hue)  # validates the settings; planning is cheap (~0.1 s for default)
+    plan = plan_corpus(seed, size, train_hue, train_videos)  # validates the settings; cheap (~0.1 s for default)
     seed = plan.seed
-    manifest = _existing_corpus(out, seed, size, train_hue)
+    manifest = _existing_corpus(out, size, plan)
     if manifest is not None:
         return _summary(out, manifest, time.monotonic() - began, reused=True)
     ffmpeg_version = _ffmpeg_version()
@@ -154,7 +159,7 @@ def generate_corpus(out_dir: str | Path, seed: int = 0, size: str = "default", w
         try:
             os.rename(build, out)  # atomic; replaces `out` only if it is an empty folder
         except OSError:
-            if _existing_corpus(out, seed, size, train_hue) is None:  # a concurrent run did not finish it either
+            if _existing_corpus(out, size, plan) is None:  # a concurrent run did not finish it either
                 raise
             shutil.rmtree(build)
             return _summary(out, manifest, time.monotonic() - began, reused=True)

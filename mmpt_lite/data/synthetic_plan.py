@@ -498,19 +498,26 @@ def _plan_ssv2(plan: CorpusPlan) -> None:
         plan.counts[f"ssv2_{split}"] = len(entries)
 
 
-def plan_corpus(seed: int, size: str, train_hue: str = "task") -> CorpusPlan:
+def _non_negative_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def plan_corpus(seed: int, size: str, train_hue: str = "task", train_videos: int = 0) -> CorpusPlan:
     """The whole corpus as specs and file contents, without rendering anything (cheap).
 
     `train_hue`: "task" (training videos take their task's hue) or "random" (one independent hue per video).
+    `train_videos`: how many training videos (0: the size preset's). Video i is the same whatever the
+    count, and the evaluation sets do not depend on it, so a larger corpus extends a smaller one.
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
     if train_hue not in TRAIN_HUES:
         raise ValueError(f"unknown train_hue {train_hue!r}; choose one of {list(TRAIN_HUES)}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    seed = int(seed)
-    plan = CorpusPlan(seed, SIZES[size], train_hue)
+    seed, train_videos = _non_negative_int("seed", seed), _non_negative_int("train_videos", train_videos)
+    preset = dataclasses.replace(SIZES[size], train_videos=train_videos) if train_videos else SIZES[size]
+    plan = CorpusPlan(seed, preset, train_hue)
     for planner in (_plan_train, _plan_youcook, _plan_msrvtt, _plan_finegrained, _plan_hmdb, _plan_kinetics,
                     _plan_ssv2):
         planner(plan)
