@@ -31,6 +31,10 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file and dotted key."""
 
 
+class ConfigConflict(ConfigError):
+    """Settings valid one by one that do not go together; a later ``--set`` may settle it."""
+
+
 # --------------------------------------------------------------------------- sections
 @dataclass(kw_only=True)
 class SyntheticConfig:
@@ -234,8 +238,8 @@ class RunConfig:
         if clips < 1 or batch % clips:
             raise ConfigError(f"data.clips_per_video: {clips} must be at least 1 and divide data.batch_size ({batch})")
         if self.data.reversed_twins and self.retri.enabled:
-            raise ConfigError("data.reversed_twins: retrieval-augmented batches (retri.enabled) embed single clips; "
-                              "turn one of them off")
+            raise ConfigConflict("data.reversed_twins: retrieval-augmented batches (retri.enabled) embed single clips; "
+                                 "turn one of them off")
         if self.data.synthetic.train_videos < 0:
             raise ConfigError(f"data.synthetic.train_videos: {self.data.synthetic.train_videos} must be >= 0 "
                               "(0: the size preset's)")
@@ -243,13 +247,13 @@ class RunConfig:
         if negatives < 0:
             raise ConfigError(f"data.action_negatives.count: {negatives} must be >= 0")
         if negatives and self.loss.name != "milnce":
-            raise ConfigError(f"data.action_negatives.count: hard-negative captions need loss.name milnce, "
-                              f"not {self.loss.name!r}")
+            raise ConfigConflict(f"data.action_negatives.count: hard-negative captions need loss.name milnce, "
+                                 f"not {self.loss.name!r}")
         if negatives and self.data.reversed_twins:
-            raise ConfigError("data.action_negatives.count: not combined with data.reversed_twins; turn one off")
+            raise ConfigConflict("data.action_negatives.count: not combined with data.reversed_twins; turn one off")
         if clips > 1 and self.retri.enabled:
-            raise ConfigError("data.clips_per_video: retrieval-augmented batches (retri.enabled) plan one clip per "
-                              "video; use 1 with retri")
+            raise ConfigConflict("data.clips_per_video: retrieval-augmented batches (retri.enabled) plan one clip per "
+                                 "video; use 1 with retri")
 
 
 # --------------------------------------------------------------------------- validation
@@ -327,7 +331,7 @@ def config_from_dict(data: dict, source: str = "<dict>") -> RunConfig:
     try:
         return _build(RunConfig, data, "")
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise type(exc)(f"{source}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- files and overrides
@@ -390,6 +394,7 @@ def _annotation_at(parts: list[str]) -> Any:
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``a.b=c`` strings; the value is parsed as a YAML scalar/list (``3``, ``true``, ``[1,2]``)."""
     data = _merge({}, data)
+    conflict = None
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. train.max_steps=100")
@@ -411,8 +416,18 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: {part} is a value, not a section")
         node[parts[-1]] = value
-        # Validate after each override so the message names this --set and the dotted key.
-        config_from_dict(data, f"--set {item}")
+        # Validate after each override so the message names this --set and the dotted key. A conflict
+        # between sections waits for the remaining overrides (`--set loss.name=infonce --set
+        # data.action_negatives.count=0` is fine in either order) and, if still there, names the first --set
+        # that left it.
+        try:
+            config_from_dict(data, f"--set {item}")
+        except ConfigConflict:
+            conflict = conflict or item
+        else:
+            conflict = None
+    if conflict is not None:
+        config_from_dict(data, f"--set {conflict}")
     return data
 
 

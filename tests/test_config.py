@@ -152,3 +152,14 @@ def test_synthetic_train_videos_must_not_be_negative(tmp_path):
     assert load_config(path).data.synthetic.train_videos == 3000
     with pytest.raises(ConfigError, match=r"data.synthetic.train_videos: -5 must be >= 0 \(0: the size preset's\)"):
         load_config(path, ["data.synthetic.train_videos=-5"])
+
+
+def test_a_conflict_between_sections_waits_for_the_remaining_overrides(repo_root):
+    main_job = repo_root / "projects" / "how2_pretrain.yaml"  # has action-swapped negatives (MIL-NCE only)
+    for order in (["loss.name=infonce", "data.action_negatives.count=0"],
+                  ["data.action_negatives.count=0", "loss.name=infonce"]):
+        assert load_config(main_job, order).loss.name == "infonce"
+    with pytest.raises(ConfigError, match=r"^--set loss.name=infonce: data.action_negatives.count: .* need loss.name"):
+        load_config(main_job, ["loss.name=infonce", "train.max_steps=3"])
+    with pytest.raises(ConfigError, match=r"^--set train.max_step=3: train.max_step: unknown key"):
+        load_config(main_job, ["loss.name=infonce", "train.max_step=3"])  # key errors still fail at once
