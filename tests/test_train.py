@@ -21,8 +21,8 @@ from mmpt_lite.train.optim import warmup_cosine
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = [
-    "data.synthetic.size=tiny", "data.num_frames=4", "data.video_size=32", "data.batch_size=4",
-    "data.num_workers=0", "data.num_candidates=2", "model.embed_dim=32", "model.text.word_dim=16",
+    "data.synthetic.size=tiny", "data.synthetic.train_videos=0", "data.num_frames=4", "data.video_size=32",
+    "data.batch_size=4", "data.num_workers=0", "data.num_candidates=2", "model.embed_dim=32", "model.text.word_dim=16",
     "model.text.hidden_dim=32", "optim.warmup_steps=2", "train.log_every=1", "eval.enabled=false",
 ]
 
@@ -141,7 +141,8 @@ def test_warmup_cosine():
 def test_retrieval_augmented_batches_with_infonce_on_two_ranks(corpus, tmp_path):
     """VideoCLIP's mined batches drive a 2-rank InfoNCE run: mined at the start of every epoch from 1 on."""
     r = run_launch("local_small", [f"data.root={corpus}", f"train.output_dir={tmp_path}", "train.max_steps=4",
-                                   "data.batch_size=1", "loss.name=infonce", "retri.enabled=true",
+                                   "data.batch_size=1", "loss.name=infonce", "data.action_negatives.count=0",
+                                   "retri.enabled=true",
                                    "retri.start_epoch=1", "retri.every_epochs=1", "retri.index=flat",
                                    "retri.clips_per_video=1", "train.ckpt_every=4"])
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
