@@ -121,10 +121,10 @@ def generate_corpus(out_dir: str | Path, seed: int = 0, size: str = "default", w
     """Generate how2-synth into `out_dir` (or reuse a complete one made with the same settings).
 
     `workers` render processes run in parallel (<= 1: render in this process). `train_hue` and
-    `train_videos`: see :func:`plan_corpus`. Returns a summary: out_dir, seed, size, generator_version, train_hue, counts,
-    heldout, files, bytes, seconds, reused. Raises
-    ValueError for a bad seed, size, train_hue or train_videos, FileExistsError when `out_dir` holds something else,
-    RuntimeError when ffmpeg is missing or fails.
+    `train_videos`: see :func:`plan_corpus`. Returns a summary: out_dir, seed, size, generator_version,
+    train_hue, counts, heldout, files, bytes, seconds, reused. Raises ValueError for a bad seed, size,
+    train_hue or train_videos, FileExistsError when `out_dir` holds something else, RuntimeError when
+    ffmpeg is missing or fails.
     """
     began = time.monotonic()
     out = Path(out_dir).absolute()
