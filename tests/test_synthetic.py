@@ -270,16 +270,19 @@ def test_more_training_videos_extend_the_corpus_and_leave_the_evaluation_sets_al
     preset, larger = plan_corpus(seed=0, size="tiny"), plan_corpus(seed=0, size="tiny", train_videos=10)
     assert (preset.counts["train"], larger.counts["train"]) == (6, 10)
 
-    def split(plan, name):
-        return [(record, spec) for record, spec in zip(plan.truth, plan.specs, strict=True) if record["split"] == name]
+    def videos(plan, training: bool):
+        """(ground-truth record, spec) pairs of the training split, or of every other split."""
+        return [(record, spec) for record, spec in zip(plan.truth, plan.specs, strict=True)
+                if (record["split"] == "train") == training]
 
-    assert split(larger, "train")[:6] == split(preset, "train")
-    assert len({record["path"] for record, _ in split(larger, "train")}) == 10
-    assert [pair for pair in zip(larger.truth, larger.specs, strict=True) if pair[0]["split"] != "train"] == [
-        pair for pair in zip(preset.truth, preset.specs, strict=True) if pair[0]["split"] != "train"]
+    def evaluation_files(plan):
+        return {k: v for k, v in plan.files.items() if not k.startswith(("captions/", "train.csv", "ground_truth"))}
+
+    assert videos(larger, True)[:6] == videos(preset, True)
+    assert len({record["path"] for record, _ in videos(larger, True)}) == 10
+    assert videos(larger, False) == videos(preset, False)
     assert larger.files["train.csv"].splitlines()[:7] == preset.files["train.csv"].splitlines()
-    assert {k: v for k, v in larger.files.items() if not k.startswith(("captions/", "train.csv", "ground_truth"))} == {
-        k: v for k, v in preset.files.items() if not k.startswith(("captions/", "train.csv", "ground_truth"))}
+    assert evaluation_files(larger) == evaluation_files(preset)
     assert plan_corpus(seed=0, size="tiny", train_videos=0).files == preset.files
     with pytest.raises(ValueError, match="train_videos must be a non-negative integer, got -1"):
         plan_corpus(seed=0, size="tiny", train_videos=-1)

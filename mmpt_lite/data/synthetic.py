@@ -82,8 +82,8 @@ def _settings(seed, size, version, train_hue, train_videos) -> str:
     return f"seed={seed} size={size} version={version} train_hue={train_hue} train_videos={train_videos}"
 
 
-def _existing_corpus(out: Path, size: str, plan: CorpusPlan) -> dict | None:
-    """The manifest of a complete corpus at `out` made as (`size`, `plan`) say; None when `out` is absent or empty."""
+def _existing_corpus(out: Path, plan: CorpusPlan) -> dict | None:
+    """The manifest of a complete corpus at `out` made as `plan` says; None when `out` is absent or empty."""
     manifest_path = out / "manifest.json"
     if not manifest_path.is_file():
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -96,7 +96,7 @@ def _existing_corpus(out: Path, size: str, plan: CorpusPlan) -> dict | None:
         raise RuntimeError(f"{manifest_path} is unreadable ({error}): remove {out} and generate again") from None
     made = (manifest.get("seed"), manifest.get("size"), manifest.get("generator_version"), _train_hue(manifest),
             manifest.get("counts", {}).get("train"))
-    wanted = (plan.seed, size, GENERATOR_VERSION, plan.train_hue, plan.counts["train"])
+    wanted = (plan.seed, plan.size, GENERATOR_VERSION, plan.train_hue, plan.counts["train"])
     if made != wanted:
         raise FileExistsError(f"{out} holds how2-synth {_settings(*made)}, not {_settings(*wanted)}: "
                               "remove it or choose another folder")
@@ -130,7 +130,7 @@ def generate_corpus(out_dir: str | Path, seed: int = 0, size: str = "default", w
     out = Path(out_dir).absolute()
     plan = plan_corpus(seed, size, train_hue, train_videos)  # validates the settings; cheap (~0.1 s for default)
     seed = plan.seed
-    manifest = _existing_corpus(out, size, plan)
+    manifest = _existing_corpus(out, plan)
     if manifest is not None:
         return _summary(out, manifest, time.monotonic() - began, reused=True)
     ffmpeg_version = _ffmpeg_version()
@@ -159,7 +159,7 @@ def generate_corpus(out_dir: str | Path, seed: int = 0, size: str = "default", w
         try:
             os.rename(build, out)  # atomic; replaces `out` only if it is an empty folder
         except OSError:
-            if _existing_corpus(out, size, plan) is None:  # a concurrent run did not finish it either
+            if _existing_corpus(out, plan) is None:  # a concurrent run did not finish it either
                 raise
             shutil.rmtree(build)
             return _summary(out, manifest, time.monotonic() - began, reused=True)

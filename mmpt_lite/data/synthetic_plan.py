@@ -297,8 +297,8 @@ def _csv(columns: list[str], rows: list[list]) -> str:
 class CorpusPlan:
     """Everything to write: video specs (rendered by workers), text files by path, ground truth, counts."""
 
-    def __init__(self, seed: int, preset: SizePreset, train_hue: str = "task") -> None:
-        self.seed, self.preset, self.heldout, self.train_hue = seed, preset, choose_heldout(seed), train_hue
+    def __init__(self, seed: int, size: str, preset: SizePreset, train_hue: str = "task") -> None:
+        self.seed, self.size, self.preset, self.heldout, self.train_hue = seed, size, preset, choose_heldout(seed), train_hue
         self.specs: list[VideoSpec] = []
         self.files: dict[str, str] = {}
         self.truth: list[dict] = []
@@ -517,7 +517,7 @@ def plan_corpus(seed: int, size: str, train_hue: str = "task", train_videos: int
         raise ValueError(f"unknown train_hue {train_hue!r}; choose one of {list(TRAIN_HUES)}")
     seed, train_videos = _non_negative_int("seed", seed), _non_negative_int("train_videos", train_videos)
     preset = dataclasses.replace(SIZES[size], train_videos=train_videos) if train_videos else SIZES[size]
-    plan = CorpusPlan(seed, preset, train_hue)
+    plan = CorpusPlan(seed, size, preset, train_hue)
     for planner in (_plan_train, _plan_youcook, _plan_msrvtt, _plan_finegrained, _plan_hmdb, _plan_kinetics,
                     _plan_ssv2):
         planner(plan)
