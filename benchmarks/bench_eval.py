@@ -35,10 +35,10 @@ from mmpt_lite.evaluation.features import (
     VideoRequest,
     decode_retrieval_windows,
     extract_window_features,
-    normalise_video,
 )
 from mmpt_lite.evaluation.windows import pad_or_trim, retrieval_window_starts
 from mmpt_lite.evaluation.zeroshot import read_retrieval_set
+from mmpt_lite.models.preprocess import VideoInput
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def milnce_ffmpeg_windows(path: str, protocol: RetrievalProtocol) -> np.ndarray:
 def embed_windows(model: torch.nn.Module, windows: list[np.ndarray]) -> None:
     """The embedding half of the evaluation for decoded videos ([W, T, S, S, 3] each), one batch."""
     batch = torch.from_numpy(np.stack(windows)).flatten(0, 1)
-    model(video=normalise_video(batch, model, torch.device("cpu")))
+    model(video=VideoInput(model, torch.device("cpu"))(batch))
 
 
 def timed(label: str, count: int, work) -> dict:

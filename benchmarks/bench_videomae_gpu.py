@@ -41,7 +41,8 @@ from mmpt_lite.data.shard_build import build_video_shards
 from mmpt_lite.data.shards import ShardedVideoStore
 from mmpt_lite.models.flops import TRAIN_FLOPS_PER_MAC, mae_macs_per_video, param_count
 from mmpt_lite.models.mae import MaeMasks, build_mae_pretrainer
-from mmpt_lite.train.trainer import peak_flops_per_s, video_to_model_input
+from mmpt_lite.models.preprocess import video_to_model_input
+from mmpt_lite.train.trainer import peak_flops_per_s
 
 GPU_DEFAULTS = dict(preset="vit_b", batch=256, frames=16, size=224, warmup=5, steps=20, compile="both")
 CPU_DEFAULTS = dict(preset="vit_tiny", batch=2, frames=4, size=32, warmup=1, steps=2, compile="off")
@@ -129,7 +130,7 @@ def synthetic_batches(batch: int, args, device: torch.device):
 
 
 def loader_batches(batch: int, args, device: torch.device, shard_root: Path):
-    from mmpt_lite.train.mae_task import MaeClipDataset  # the training dataset, unchanged
+    from mmpt_lite.data.video_sets import MaeClipDataset  # the training dataset, unchanged
     clips = MaeClipDataset(ShardedVideoStore(shard_root), num_frames=args.frames, stride=args.stride,
                            video_size=args.size)
     loader = TrainLoader(clips, batch_size=batch, rank=0, world_size=1,

@@ -47,10 +47,10 @@ from mmpt_lite.evaluation.features import (
     WindowFeatures,
     decode_probe_windows,
     eval_transform,
-    normalise_video,
     probe_feature,
 )
 from mmpt_lite.evaluation.linear_probe import probe_all_splits, read_hmdb_splits
+from mmpt_lite.models.preprocess import VideoInput
 
 
 def pooled_features(model, windows: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
@@ -60,7 +60,7 @@ def pooled_features(model, windows: np.ndarray, batch: int = 16) -> dict[str, np
         for first in range(0, len(windows), batch):
             chunk = torch.from_numpy(windows[first:first + batch])
             num_videos, num_windows = chunk.shape[:2]
-            out = model(video=normalise_video(chunk.flatten(0, 1), model, torch.device("cpu")))
+            out = model(video=VideoInput(model, torch.device("cpu"))(chunk.flatten(0, 1)))
             tokens = out["video_tokens"] if "video_tokens" in out else out["mixed_5c"][:, None]
             for name, value in (("mean token", tokens.mean(1)), ("max token", tokens.amax(1)),
                                 ("embedding", out["video_embedding"])):
@@ -113,7 +113,7 @@ def zero_shot_on_clips(model, clips: np.ndarray, doers: list[dict]) -> float:
     """Zero-shot action top-1 over all 11 actions of single windows (clips uint8 [N, T, S, S, 3])."""
     classes = list(DESCRIBE)
     with torch.no_grad():
-        video = model(video=normalise_video(torch.from_numpy(clips), model, torch.device("cpu")))["video_embedding"]
+        video = model(video=VideoInput(model, torch.device("cpu"))(torch.from_numpy(clips)))["video_embedding"]
     return zero_shot_top1(model, video, doers, classes, [classes.index(d["action"]) for d in doers])
 
 
@@ -129,7 +129,7 @@ def supervised_check(model, windows: np.ndarray, splits, *, steps: int, lr: floa
     labels = torch.from_numpy(splits.labels)
     train, test = splits.train[1], splits.test[1]
     with torch.no_grad():  # the probe feature's width: 1024 for S3D, the token width for a ViT
-        width = probe_feature(model(video=normalise_video(torch.from_numpy(windows[:1, 0]), model, cpu))).shape[-1]
+        width = probe_feature(model(video=VideoInput(model, cpu)(torch.from_numpy(windows[:1, 0])))).shape[-1]
     head = torch.nn.Linear(width, len(splits.classes))
     params = list(model.video_tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -138,7 +138,7 @@ def supervised_check(model, windows: np.ndarray, splits, *, steps: int, lr: floa
     for step in range(steps):
         videos = generator.choice(train, batch)
         picks = generator.integers(0, windows.shape[1], batch)
-        video = normalise_video(torch.from_numpy(windows[videos, picks]), model, cpu)
+        video = VideoInput(model, cpu)(torch.from_numpy(windows[videos, picks]))
         for group in optimizer.param_groups:  # linear warmup over the first 10% of the steps
             group["lr"] = lr * min(1.0, (step + 1) / max(1, steps // 10))
         loss = torch.nn.functional.cross_entropy(head(probe_feature(model(video=video))), labels[videos])
@@ -152,7 +152,7 @@ def supervised_check(model, windows: np.ndarray, splits, *, steps: int, lr: floa
     hits = 0
     with torch.no_grad():
         for i in test:
-            video = normalise_video(torch.from_numpy(windows[i]), model, cpu)
+            video = VideoInput(model, cpu)(torch.from_numpy(windows[i]))
             hits += int(head(probe_feature(model(video=video))).sum(0).argmax()) == int(labels[i])
     return hits / len(test), losses
 

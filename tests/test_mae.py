@@ -12,6 +12,7 @@ import torch
 from mmpt_lite.checkpoint import latest_checkpoint, load_checkpoint
 from mmpt_lite.config import MaeConfig, load_config
 from mmpt_lite.data.shards import ShardedVideoStore
+from mmpt_lite.data.video_sets import MaeClipDataset
 from mmpt_lite.models.mae import (
     VideoMAEPretrainer,
     build_mae_pretrainer,
@@ -22,7 +23,7 @@ from mmpt_lite.models.mae import (
     tubelet_targets,
 )
 from mmpt_lite.models.vit import VideoViT
-from mmpt_lite.train.mae_task import MaeClipDataset, MaskSeeds
+from mmpt_lite.train.mae_task import MaskSeeds
 
 REPO = Path(__file__).resolve().parents[1]
 GRID_16x224 = (8, 14, 14)  # 16 frames, 224², tubelet 2, patch 16

@@ -12,11 +12,11 @@ from mmpt_lite.evaluation.features import (
     RetrievalProtocol,
     VideoRequest,
     decode_retrieval_windows,
-    normalise_video,
 )
 from mmpt_lite.evaluation.windows import frame_window_starts, retrieval_window_starts
 from mmpt_lite.evaluation.zeroshot import evaluate_retrieval, read_retrieval_set, retrieval_scores
 from mmpt_lite.models.build import build_model
+from mmpt_lite.models.preprocess import VideoInput
 
 COLOURS = ["red", "blue", "green", "yellow"]
 WORDS = ["a", "red", "blue", "green", "yellow", "square", "video", "spins", "broken"]
@@ -65,7 +65,7 @@ def test_windows_are_decoded_cropped_and_zero_padded(msrvtt_root):
 def test_model_normalisation_is_applied():
     model = tiny_model()
     white = torch.full((1, 2, 4, 4, 3), 255, dtype=torch.uint8)
-    video = normalise_video(white, model, torch.device("cpu"))
+    video = VideoInput(model, torch.device("cpu"))(white)
     assert video.shape == (1, 3, 2, 4, 4)
     expected = (1.0 - torch.tensor(model.video_mean)) / torch.tensor(model.video_std)
     torch.testing.assert_close(video[0, :, 0, 0, 0], expected.float())

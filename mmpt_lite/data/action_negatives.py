@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmpt_lite.config import ConfigError, DataConfig, resolve_path
+
 # The object slot: 1-4 words, none of them "and" (which joins a second object's phrase). Inside a phrase it
 # is as short as the rest of the phrase allows; at the end of one, as long as possible.
 _WORD = r"(?!and(?!\S))\S+"
@@ -163,3 +165,12 @@ def build_lexicon(spec: str) -> ActionLexicon:
     if not path.is_file():
         raise ValueError(f"{spec!r} is neither 'how2-synth' nor a lexicon file")
     return ActionLexicon.from_file(path)
+
+
+def load_lexicon(data: DataConfig) -> ActionLexicon:
+    """The lexicon ``data.action_negatives.lexicon`` names; a bad one is a ConfigError naming that key."""
+    spec = data.action_negatives.lexicon
+    try:
+        return build_lexicon(spec if spec == "how2-synth" else str(resolve_path(spec)))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"data.action_negatives.lexicon: {err}") from err

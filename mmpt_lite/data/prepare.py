@@ -46,11 +46,11 @@ def storage_short_side(video_size: int) -> int:
     return video_size
 
 
-def _default_shard_root(cfg: RunConfig, root: Path) -> Path:
+def default_shard_root(cfg: RunConfig, root: Path) -> Path:
     return root / f"shards_fps{cfg.data.fps:g}_s{storage_short_side(cfg.data.video_size)}"
 
 
-def _ensure_corpus(cfg: RunConfig, root: Path, build: bool) -> None:
+def ensure_corpus(cfg: RunConfig, root: Path, build: bool) -> None:
     if (root / cfg.data.train_csv).is_file():
         return
     if not cfg.data.synthetic.enabled:
@@ -66,7 +66,7 @@ def _ensure_corpus(cfg: RunConfig, root: Path, build: bool) -> None:
                     train_hue=synthetic.train_hue, train_videos=synthetic.train_videos)
 
 
-def _ensure_shards(cfg: RunConfig, root: Path, shard_root: Path, build: bool) -> None:
+def ensure_shards(cfg: RunConfig, root: Path, shard_root: Path, build: bool) -> None:
     if (shard_root / "manifest.json").is_file():
         return
     video_root = resolve_path(cfg.data.video_root) if cfg.data.video_root else root
@@ -121,9 +121,9 @@ def prepare_data(cfg: RunConfig, *, build: bool = True) -> PreparedData:
     from mmpt_lite.data.shards import ShardedCaptionStore, ShardedVideoStore
 
     root = resolve_path(cfg.data.root)
-    shard_root = resolve_path(cfg.data.shard_root) if cfg.data.shard_root else _default_shard_root(cfg, root)
-    _ensure_corpus(cfg, root, build)
-    _ensure_shards(cfg, root, shard_root, build)
+    shard_root = resolve_path(cfg.data.shard_root) if cfg.data.shard_root else default_shard_root(cfg, root)
+    ensure_corpus(cfg, root, build)
+    ensure_shards(cfg, root, shard_root, build)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, shard_root=str(shard_root)))
     video_store, caption_store = ShardedVideoStore(shard_root), ShardedCaptionStore(shard_root)
     cfg = _ensure_word_vectors(cfg, shard_root, caption_store, build)

@@ -25,6 +25,7 @@ from mmpt_lite.evaluation.windows import (
     retrieval_window_span,
     retrieval_window_starts,
 )
+from mmpt_lite.models.preprocess import VideoInput
 
 
 @dataclass(frozen=True)
@@ -149,14 +150,6 @@ def cached_window_features(cache: FeatureCache | None, key: str | None,
     return found, False
 
 
-def normalise_video(windows: torch.Tensor, model: torch.nn.Module, device: torch.device) -> torch.Tensor:
-    """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] on ``device``, /255 then the model's mean/std."""
-    video = windows.to(device, non_blocking=True).permute(0, 4, 1, 2, 3).float().div_(255.0)
-    mean = torch.as_tensor(model.video_mean, dtype=video.dtype, device=device).view(1, 3, 1, 1, 1)
-    std = torch.as_tensor(model.video_std, dtype=video.dtype, device=device).view(1, 3, 1, 1, 1)
-    return video.sub_(mean).div_(std)
-
-
 def probe_feature(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Pooled backbone feature for the linear probe: S3D mixed_5c, else the mean of the ViT tokens."""
     if "mixed_5c" in outputs:
@@ -179,6 +172,7 @@ def extract_window_features(model: torch.nn.Module, requests: Sequence[VideoRequ
     loader = DataLoader(WindowDataset(requests, decode), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate, pin_memory=device.type == "cuda",
                         persistent_workers=False)
+    video_input = VideoInput(model, device)
     features: np.ndarray | None = None
     readable = np.zeros(len(requests), dtype=bool)
     errors: dict[str, str] = {}
@@ -188,7 +182,7 @@ def extract_window_features(model: torch.nn.Module, requests: Sequence[VideoRequ
                 errors[requests[i].name] = message
             if windows is not None:
                 num_videos, num_windows = windows.shape[:2]
-                outputs = model(video=normalise_video(windows.flatten(0, 1), model, device))
+                outputs = model(video=video_input(windows.flatten(0, 1)))
                 values = outputs["video_embedding"] if output == "video_embedding" else probe_feature(outputs)
                 values = values.float().reshape(num_videos, num_windows, -1).cpu().numpy()
                 if features is None:

@@ -41,9 +41,9 @@ from torch.utils.data import DataLoader
 from mmpt_lite import distributed as mdist
 from mmpt_lite.config import RunConfig, resolve_path
 from mmpt_lite.data.loader import collate, epoch_plan
+from mmpt_lite.models.preprocess import VideoInput
 from mmpt_lite.retrieval.index import NeighbourIndex
 from mmpt_lite.retrieval.plan import build_mined_plan, mean_batch_similarity
-from mmpt_lite.train.trainer import video_to_model_input
 
 log = logging.getLogger("mmpt_lite")
 
@@ -73,15 +73,14 @@ def embed_videos(model: torch.nn.Module, dataset, videos: range, *, epoch: int, 
     items = [(v, clip_seed(seed, epoch, v, c)) for v in videos for c in range(clips_per_video)]
     if not items:
         return torch.zeros(0, 0)
-    mean = torch.tensor(model.video_mean, device=device, dtype=torch.float32)
-    std = torch.tensor(model.video_std, device=device, dtype=torch.float32)
+    video_input = VideoInput(model, device)
     loader = DataLoader(_ItemDataset(dataset, items), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=collate)
     # Row of each item's video in the result; the loader keeps the item order, so batch b is items[b·B:(b+1)·B].
     rows = torch.tensor([v - videos.start for v, _ in items])
     sums: torch.Tensor | None = None
     for step, batch in enumerate(loader):
-        video = video_to_model_input(batch["video"].to(device), mean, std)
+        video = video_input(batch["video"])
         tokens = {k: v.to(device) for k, v in batch["text"].items()}  # [B, K, L]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = model(video=video, text=tokens)

@@ -16,7 +16,7 @@ import torch
 
 from mmpt_lite import distributed as mdist
 from mmpt_lite.config import ConfigError, RunConfig, load_config, resolve_path, save_config
-from mmpt_lite.data.action_negatives import build_lexicon
+from mmpt_lite.data.action_negatives import load_lexicon
 from mmpt_lite.data.loader import MilNceClipDataset, TrainLoader
 from mmpt_lite.data.prepare import PreparedData, prepare_data
 from mmpt_lite.losses.build import build_loss
@@ -79,7 +79,7 @@ class Components:
 def prepare_for_task(cfg: RunConfig, *, build: bool):
     """The task's input preparation (used by the launcher once and by every rank)."""
     if cfg.train.task == "mae":
-        from mmpt_lite.train.mae_task import prepare_mae_data
+        from mmpt_lite.data.video_sets import prepare_mae_data
         return prepare_mae_data(cfg, build=build)
     return prepare_data(cfg, build=build)
 
@@ -89,12 +89,7 @@ def action_negatives(cfg: RunConfig) -> dict:
     count = cfg.data.action_negatives.count
     if not count:
         return {}
-    spec = cfg.data.action_negatives.lexicon
-    try:
-        lexicon = build_lexicon(spec if spec == "how2-synth" else str(resolve_path(spec)))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"data.action_negatives.lexicon: {err}") from err
-    return {"action_lexicon": lexicon, "num_negatives": count,
+    return {"action_lexicon": load_lexicon(cfg.data), "num_negatives": count,
             "negatives_from_video": cfg.data.action_negatives.pool == "video"}
 
 

@@ -24,6 +24,7 @@ from mmpt_lite import distributed as mdist
 from mmpt_lite.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmpt_lite.config import RunConfig
 from mmpt_lite.data.loader import TrainLoader
+from mmpt_lite.models.preprocess import VideoInput
 from mmpt_lite.train.logging import MetricLogger
 from mmpt_lite.train.optim import build_optimizer, build_scheduler
 
@@ -51,12 +52,6 @@ def peak_flops_per_s(device: torch.device, configured_tflops: float = 0.0) -> fl
     return 0.0
 
 
-def video_to_model_input(video: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 [B,T,H,W,3] on the device -> normalised float [B,3,T,H,W] (([0,1] - mean) / std)."""
-    x = video.permute(0, 4, 1, 2, 3).float().div_(255.0)
-    return (x - mean.view(1, 3, 1, 1, 1)) / std.view(1, 3, 1, 1, 1)
-
-
 class ContrastiveTask:
     """Video-text batches -> the contrastive loss (MIL-NCE or InfoNCE) of ``loss_fn``.
 
@@ -67,11 +62,10 @@ class ContrastiveTask:
 
     def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device):
         self.loss_fn, self.device = loss_fn, device
-        self.mean = torch.tensor(getattr(model, "video_mean", (0.0, 0.0, 0.0)), device=device, dtype=torch.float32)
-        self.std = torch.tensor(getattr(model, "video_std", (1.0, 1.0, 1.0)), device=device, dtype=torch.float32)
+        self.video_input = VideoInput(model, device)
 
     def __call__(self, module: torch.nn.Module, batch: dict) -> dict:
-        video = video_to_model_input(batch["video"].to(self.device, non_blocking=True), self.mean, self.std)
+        video = self.video_input(batch["video"])
         tokens = {k: v.to(self.device, non_blocking=True) for k, v in batch["text"].items()}
         b, num_candidates = next(iter(tokens.values())).shape[:2]  # [B, K, L]
         text = {k: v.flatten(0, 1) for k, v in tokens.items()}

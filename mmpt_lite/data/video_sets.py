@@ -1,0 +1,139 @@
+"""Video-only training sets for masked pretraining (``mae.dataset``): preparation and the clip dataset.
+
+* ``ssv2`` / ``kinetics``: the training list of ``<data.root>/ssv2`` (``train.json``, videos
+  ``videos/<id>.webm``) or ``<data.root>/kinetics`` (``train.txt``, lines ``path label``), the
+  embedded synthetic corpus's sets when ``data.synthetic.enabled`` (generated if missing). Frames
+  are sharded at the set's native rate (SSv2 12 fps, Kinetics 30 fps) so ``mae.sampling_stride``
+  means what it does in VideoMAE (2 for SSv2, 4 for Kinetics); the shards are built on first use
+  for the synthetic corpus, and a real corpus gets the command that builds them.
+* ``shards``: the frames of the MIL-NCE corpus (``data.shard_root``, built as for MIL-NCE runs).
+
+Each sample: ``data.num_frames`` frames at the stride from a random start (``mae_frame_indices``),
+one multi-scale crop for the whole clip (VideoMAE: no flip), resized to ``data.video_size``;
+uint8 ``[T, S, S, 3]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mmpt_lite.config import RunConfig, resolve_path
+from mmpt_lite.data.aligners import apply_crop, mae_frame_indices, multiscale_crop
+from mmpt_lite.data.prepare import default_shard_root, ensure_corpus, ensure_shards, storage_short_side
+from mmpt_lite.data.shards import ShardedVideoStore
+from mmpt_lite.data.video import resize_rgb
+
+log = logging.getLogger("mmpt_lite")
+
+SSV2_FPS = 12.0  # Something-Something v2 videos are 12 fps webm
+
+# Frames per second the video-only sets are sharded at: their native rates (most Kinetics videos are 30 fps).
+NATIVE_FPS = {"ssv2": SSV2_FPS, "kinetics": 30.0}
+TRAIN_LISTS = {"ssv2": "train.json", "kinetics": "train.txt"}
+
+
+@dataclass
+class MaePreparedData:
+    cfg: RunConfig  # data.shard_root filled in
+    name: str
+    root: Path
+    shard_root: Path
+    video_store: ShardedVideoStore
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.video_store.video_ids)
+
+
+def train_video_paths(set_root: Path, dataset: str) -> list[str]:
+    """Training video paths relative to ``set_root`` from the set's own list file."""
+    list_path = set_root / TRAIN_LISTS[dataset]
+    if dataset == "ssv2":
+        return [f"videos/{entry['id']}.webm" for entry in json.loads(list_path.read_text())]
+    lines = (line.strip() for line in list_path.read_text().splitlines())
+    return [line.rsplit(" ", 1)[0] for line in lines if line]  # "path label"
+
+
+def ensure_set_shards(cfg: RunConfig, root: Path, dataset: str, build: bool) -> Path:
+    """Shards of the ``dataset`` training set at its native fps; built here for the synthetic corpus."""
+    set_root = root / dataset
+    if not (set_root / TRAIN_LISTS[dataset]).is_file():
+        if not cfg.data.synthetic.enabled:
+            raise FileNotFoundError(f"mae.dataset={dataset}: {set_root / TRAIN_LISTS[dataset]} not found")
+        ensure_corpus(cfg, root, build)  # the synthetic corpus holds every set, this one included
+    fps, short_side = NATIVE_FPS[dataset], storage_short_side(cfg.data.video_size)
+    shard_root = (resolve_path(cfg.data.shard_root) if cfg.data.shard_root
+                  else root / f"mae_{dataset}" / f"shards_fps{fps:g}_s{short_side}")
+    if (shard_root / "manifest.json").is_file():
+        return shard_root
+    if not build:
+        raise FileNotFoundError(f"data.shard_root: {shard_root} is not ready (the main rank builds it)")
+    video_list = shard_root.with_name(f"{shard_root.name}_videos.csv")  # the shard builder's input format
+    video_list.parent.mkdir(parents=True, exist_ok=True)
+    with open(video_list, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["video_path"])
+        writer.writerows([p] for p in train_video_paths(set_root, dataset))
+    if not cfg.data.synthetic.enabled:
+        raise FileNotFoundError(f"data.shard_root: no shards at {shard_root}; build them with: python "
+                                f"scripts/shard_howto.py --csv {video_list} --video_root {set_root} "
+                                f"--out {shard_root} --fps {fps:g} --short_side {short_side}")
+    from mmpt_lite.data.shard_build import build_video_shards
+    log.info("sharding %s (%s training set) -> %s at %g fps", set_root, dataset, shard_root, fps)
+    report = build_video_shards(video_list, set_root, shard_root, fps=fps, short_side=short_side,
+                                videos_per_shard=16, workers=os.cpu_count() or 1, progress=True)
+    log.info("shards: %s", report)
+    return shard_root
+
+
+def prepare_mae_data(cfg: RunConfig, *, build: bool) -> MaePreparedData:
+    """Ensure the video-only training shards of ``mae.dataset`` exist (building what is missing when ``build``)."""
+    root = resolve_path(cfg.data.root)
+    dataset = cfg.mae.dataset
+    if dataset == "shards":  # the MIL-NCE corpus's frames; captions and word vectors are not needed
+        shard_root = resolve_path(cfg.data.shard_root) if cfg.data.shard_root else default_shard_root(cfg, root)
+        ensure_corpus(cfg, root, build)
+        ensure_shards(cfg, root, shard_root, build)
+        name = "how2-synth" if cfg.data.synthetic.enabled else root.name
+    else:
+        shard_root = ensure_set_shards(cfg, root, dataset, build)
+        name = f"{'how2-synth' if cfg.data.synthetic.enabled else root.name}/{dataset}"
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, shard_root=str(shard_root)))
+    return MaePreparedData(cfg=cfg, name=name, root=root, shard_root=shard_root,
+                           video_store=ShardedVideoStore(shard_root))
+
+
+class MaeClipDataset(Dataset):
+    """One masked-pretraining clip per (video index, sample seed).
+
+    Returns {"video": uint8 [T, S, S, 3], "text": {} (video only), "video_index": int64}.
+    """
+
+    def __init__(self, video_store: ShardedVideoStore, *, num_frames: int, stride: int, video_size: int):
+        self.videos, self.num_frames, self.stride, self.size = video_store, num_frames, stride, video_size
+        self.video_ids = list(video_store.video_ids)
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        index, seed = item
+        rng = np.random.default_rng(seed)
+        vid = self.video_ids[index]
+        idx = mae_frame_indices(self.videos.num_frames(vid), rng, num_frames=self.num_frames, stride=self.stride)
+        # Decode only the frames used (a stride-4 clip touches a quarter of its span).
+        unique, where = np.unique(idx, return_inverse=True)
+        frames = np.stack([self.videos.read_frames(vid, int(i), 1)[0] for i in unique])[where]
+        crop = multiscale_crop(frames.shape[1], frames.shape[2], rng, flip=False)
+        clip = np.stack([resize_rgb(np.ascontiguousarray(f), self.size, self.size) for f in apply_crop(frames, crop)])
+        return {"video": torch.from_numpy(clip), "text": {}, "video_index": torch.tensor(index)}
