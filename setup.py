@@ -64,9 +64,6 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    # GPU users: DALI decoding and the flash-attn package (SDPA already uses flash kernels).
-    "gpu": ["nvidia-dali-cuda120", "flash-attn"],
-    "dist": ["deepspeed==0.19.8"],
     "decoders": ["decord==0.6.0", "torchcodec==0.13.0"],
     "dev": ["pytest==9.0.3", "ruff==0.17.6", "hypothesis", "scikit-video==1.1.11"],
 }
