@@ -58,7 +58,8 @@ class ActionNegativesConfig:
     must match. MIL-NCE loss only."""
 
     count: int = 0  # negatives per clip; 0 = off
-    lexicon: str = "how2-synth"  # the embedded corpus's phrasings, or a file 'action<TAB>phrase | phrase'
+    # File of lines 'action<TAB>phrase | phrase ...'; relative to data.root (the synthetic corpus writes its own).
+    lexicon: str = "actions.tsv"
     # Where the negative actions come from: "video" = actions named elsewhere in the clip's own narration
     # (they fit its scene, so only the motion tells them apart); "all" = any action of the lexicon.
     pool: Literal["video", "all"] = "video"

@@ -24,6 +24,10 @@ import numpy as np
 
 from mmpt_lite.config import ConfigError, DataConfig, resolve_path
 
+# Where a corpus keeps its lexicon by default (``data.action_negatives.lexicon``); the synthetic generator
+# writes its own there.
+CORPUS_LEXICON = "actions.tsv"
+
 # The object slot: 1-4 words, none of them "and" (which joins a second object's phrase). Inside a phrase it
 # is as short as the rest of the phrase allows; at the end of one, as long as possible.
 _WORD = r"(?!and(?!\S))\S+"
@@ -150,27 +154,27 @@ class ActionLexicon:
         return out + [None] * (count - len(out))
 
 
-def how2_synth_lexicon() -> ActionLexicon:
-    """The embedded corpus's actions: its description and instruction phrasings (``synthetic_text``)."""
-    from mmpt_lite.data.synthetic_text import DESCRIBE, INSTRUCT
+def lexicon_path(data: DataConfig) -> Path:
+    """``data.action_negatives.lexicon``, a relative path taken inside ``data.root`` (a corpus carries its
+    lexicon beside its captions; the synthetic generator writes ``actions.tsv`` there)."""
+    return resolve_path(data.root) / data.action_negatives.lexicon
 
-    return ActionLexicon({a: list(DESCRIBE[a]) + list(INSTRUCT[a]) for a in DESCRIBE}, source="how2-synth")
 
-
-def build_lexicon(spec: str) -> ActionLexicon:
-    """``"how2-synth"`` (the embedded corpus's phrasings) or a path to a lexicon file."""
-    if spec == "how2-synth":
-        return how2_synth_lexicon()
-    path = Path(spec)
-    if not path.is_file():
-        raise ValueError(f"{spec!r} is neither 'how2-synth' nor a lexicon file")
-    return ActionLexicon.from_file(path)
+def lexicon_pending(data: DataConfig) -> bool:
+    """Whether the lexicon is the synthetic corpus's own file, not written yet: ``prepare.ensure_corpus``
+    writes it with the corpus (or into a corpus made without one), so it cannot be read before then."""
+    path = lexicon_path(data)
+    return data.synthetic.enabled and path == resolve_path(data.root) / CORPUS_LEXICON and not path.exists()
 
 
 def load_lexicon(data: DataConfig) -> ActionLexicon:
-    """The lexicon ``data.action_negatives.lexicon`` names; a bad one is a ConfigError naming that key."""
-    spec = data.action_negatives.lexicon
+    """The lexicon file ``data.action_negatives.lexicon`` names; a missing or bad one is a ConfigError naming
+    that key and the file."""
+    path = lexicon_path(data)
+    if not path.is_file():
+        raise ConfigError(f"data.action_negatives.lexicon: {path} is not a lexicon file "
+                          "(one line per action: 'action<TAB>phrase | phrase ...')")
     try:
-        return build_lexicon(spec if spec == "how2-synth" else str(resolve_path(spec)))
-    except (OSError, ValueError) as err:
+        return ActionLexicon.from_file(path)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ConfigError(f"data.action_negatives.lexicon: {err}") from err

@@ -51,14 +51,19 @@ def default_shard_root(cfg: RunConfig, root: Path) -> Path:
 
 
 def ensure_corpus(cfg: RunConfig, root: Path, build: bool) -> None:
+    """Generate the synthetic corpus at ``root`` when it is missing (and ``build``); a synthetic corpus made
+    without its action lexicon file gets one. A real corpus must exist."""
     if (root / cfg.data.train_csv).is_file():
+        if cfg.data.synthetic.enabled and build:
+            from mmpt_lite.synth.corpus import write_lexicon
+            write_lexicon(root)  # cheap, and a no-op when the file is there
         return
     if not cfg.data.synthetic.enabled:
         raise FileNotFoundError(f"data.root: {root / cfg.data.train_csv} not found (a HowTo100M-format video list "
                                 f"with column video_path); or set data.synthetic.enabled=true for the demo corpus")
     if not build:
         raise FileNotFoundError(f"data.root: {root} is not ready (the main rank should have generated it)")
-    from mmpt_lite.data.synthetic import generate_corpus
+    from mmpt_lite.synth.corpus import generate_corpus
     synthetic = cfg.data.synthetic
     log.info("generating the synthetic corpus how2-synth (seed %d, size %s, train_hue %s, train_videos %s) in %s",
              synthetic.seed, synthetic.size, synthetic.train_hue, synthetic.train_videos or "preset", root)

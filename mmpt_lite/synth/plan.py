@@ -16,8 +16,8 @@ import numbers
 
 import numpy as np
 
-from mmpt_lite.data import synthetic_text as text
-from mmpt_lite.data.synthetic_render import (
+from mmpt_lite.synth import text
+from mmpt_lite.synth.render import (
     ACTIONS,
     COLOURS,
     SHAPES,
