@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mmpt_lite.config import RunConfig, resolve_path
+from mmpt_lite.data.words import split_words, train_word2vec
 
 log = logging.getLogger("mmpt_lite")
 
@@ -108,11 +109,9 @@ def _ensure_word_vectors(cfg: RunConfig, shard_root: Path, caption_store, build:
             raise FileNotFoundError(f"model.text.path: {path} is not ready (the main rank builds it)")
         sentences = [t for vid in caption_store.video_ids for t in caption_store.get(vid)[2]]
         if text.word_init == "word2vec":
-            from mmpt_lite.models.text import train_word2vec
             log.info("training word2vec (%d-d) on %d corpus captions -> %s", text.word_dim, len(sentences), path)
             train_word2vec(sentences, path, dim=text.word_dim, seed=cfg.train.seed, epochs=20)
         else:
-            from mmpt_lite.models.text import split_words
             words = sorted({w for t in sentences for w in split_words(t)})
             log.info("corpus vocabulary: %d words from %d captions -> %s", len(words), len(sentences), path)
             tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
