@@ -80,7 +80,7 @@ def ensure_shards(cfg: RunConfig, root: Path, shard_root: Path, build: bool) -> 
         cfg.data.caption_root)
     command = (f"python scripts/shard_howto.py --csv {root / cfg.data.train_csv} --video_root {video_root} "
                f"--caption_root {caption_root} --out {shard_root} --fps {cfg.data.fps:g} "
-               f"--short_side {storage_short_side(cfg.data.video_size)}")
+               f"--short_side {storage_short_side(cfg.data.video_size)} --decoder {cfg.data.decoder}")
     if not (cfg.data.synthetic.enabled and build):
         raise FileNotFoundError(f"data.shard_root: no shards at {shard_root}; build them with: {command}")
     from mmpt_lite.data.shard_build import build_video_shards
@@ -89,7 +89,8 @@ def ensure_shards(cfg: RunConfig, root: Path, shard_root: Path, build: bool) -> 
     summary = build_video_shards(csv_path=root / cfg.data.train_csv, video_root=video_root,
                                  caption_root=caption_root, out_dir=shard_root, fps=cfg.data.fps,
                                  short_side=storage_short_side(cfg.data.video_size),
-                                 workers=os.cpu_count() or 1, videos_per_shard=16, progress=True)
+                                 workers=os.cpu_count() or 1, videos_per_shard=16, progress=True,
+                                 decoder=cfg.data.decoder)
     log.info("shards: %s", summary)
 
 
