@@ -31,7 +31,7 @@ from mmpt_lite.synth.render import (
     plan_motion,
 )
 
-GENERATOR_VERSION = 2  # 2: the default preset has 600 training videos (1: 200)
+GENERATOR_VERSION = 2
 WIDTH, HEIGHT = 320, 240
 
 
