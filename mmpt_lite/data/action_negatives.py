@@ -24,8 +24,7 @@ import numpy as np
 
 from mmpt_lite.config import ConfigError, DataConfig, resolve_path
 
-# Where a corpus keeps its lexicon by default (``data.action_negatives.lexicon``); the synthetic generator
-# writes its own there.
+# A corpus's lexicon file by default (``data.action_negatives.lexicon``); the synthetic generator writes it.
 CORPUS_LEXICON = "actions.tsv"
 
 # The object slot: 1-4 words, none of them "and" (which joins a second object's phrase). Inside a phrase it
@@ -155,21 +154,18 @@ class ActionLexicon:
 
 
 def lexicon_path(data: DataConfig) -> Path:
-    """``data.action_negatives.lexicon``, a relative path taken inside ``data.root`` (a corpus carries its
-    lexicon beside its captions; the synthetic generator writes ``actions.tsv`` there)."""
+    """``data.action_negatives.lexicon``; a relative path is inside ``data.root`` (beside the captions)."""
     return resolve_path(data.root) / data.action_negatives.lexicon
 
 
 def lexicon_pending(data: DataConfig) -> bool:
-    """Whether the lexicon is the synthetic corpus's own file, not written yet: ``prepare.ensure_corpus``
-    writes it with the corpus (or into a corpus made without one), so it cannot be read before then."""
+    """Whether the lexicon is the synthetic corpus's own file that ``prepare.ensure_corpus`` has yet to write."""
     path = lexicon_path(data)
     return data.synthetic.enabled and path == resolve_path(data.root) / CORPUS_LEXICON and not path.exists()
 
 
 def load_lexicon(data: DataConfig) -> ActionLexicon:
-    """The lexicon file ``data.action_negatives.lexicon`` names; a missing or bad one is a ConfigError naming
-    that key and the file."""
+    """The lexicon file ``data.action_negatives.lexicon`` names; a missing or bad one is a ConfigError naming it."""
     path = lexicon_path(data)
     if not path.is_file():
         raise ConfigError(f"data.action_negatives.lexicon: {path} is not a lexicon file "

@@ -52,8 +52,7 @@ def default_shard_root(cfg: RunConfig, root: Path) -> Path:
 
 
 def ensure_corpus(cfg: RunConfig, root: Path, build: bool) -> None:
-    """Generate the synthetic corpus at ``root`` when it is missing (and ``build``); a synthetic corpus made
-    without its action lexicon file gets one. A real corpus must exist."""
+    """Generate a missing synthetic corpus (when ``build``), or add its lexicon file; a real corpus must exist."""
     if (root / cfg.data.train_csv).is_file():
         if cfg.data.synthetic.enabled and build:
             from mmpt_lite.synth.corpus import write_lexicon

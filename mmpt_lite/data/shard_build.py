@@ -40,13 +40,7 @@ from mmpt_lite.data.shards import (
     verify_shard_entry,
     write_json_atomic,
 )
-from mmpt_lite.data.video import (
-    SpatialTransform,
-    VideoDecodeError,
-    iter_clip_frames,
-    probe_video,
-    read_all_frames,
-)
+from mmpt_lite.data.video import SpatialTransform, VideoDecodeError, iter_clip_frames, probe_video, read_all_frames
 from mmpt_lite.fileio import file_sha256
 
 # Skip kinds that remove a listed video from the output (the others are informational).
@@ -169,8 +163,7 @@ def _read_captions(item: CorpusItem, skips: list[Skip]) -> tuple[np.ndarray, lis
 
 
 def _encode_video(path: str, storage: StorageSpec, decoder: str, part: Path) -> dict:
-    """Decode ``path`` once at ``storage.fps`` with ``decoder`` and write its stored form to ``part``; raises
-    VideoDecodeError."""
+    """Decode ``path`` once at ``storage.fps`` with ``decoder``, write its stored form to ``part``; VideoDecodeError."""
     try:
         info = probe_video(path)
         transform = SpatialTransform(short_side=storage.short_side, crop_mode="none")

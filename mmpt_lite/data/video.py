@@ -16,23 +16,20 @@ import os
 
 import numpy as np
 
-from mmpt_lite.data.decoders import DECODERS, get_decoder
+from mmpt_lite.data.decoders import get_decoder
 from mmpt_lite.data.decoders.base import (
     ClipRequest,
-    FrameGeometry,
     Source,
     SpatialTransform,
     VideoDecodeError,
-    VideoInfo,
     check_path,
     plan_geometry,
     resize_rgb,
 )
 from mmpt_lite.data.decoders.pyav import iter_clip_frames, probe_video
 
-BACKENDS = tuple(DECODERS)
-__all__ = ["BACKENDS", "FrameGeometry", "SpatialTransform", "VideoDecodeError", "VideoInfo", "iter_clip_frames",
-           "probe_video", "read_all_frames", "read_clip", "resize_rgb"]
+__all__ = ["SpatialTransform", "VideoDecodeError", "iter_clip_frames", "probe_video", "read_all_frames", "read_clip",
+           "resize_rgb"]
 
 
 def read_clip(source: Source, start: float, end: float | None = None, *, num_frames: int | None = None,

@@ -1,6 +1,4 @@
-"""Words of captions, for the word2vec text tower's inputs: the MIL-NCE word split, and word2vec
-vectors fitted on a corpus's own captions (a data-preparation step: ``prepare.py`` runs it once per corpus).
-"""
+"""Caption words for the word2vec tower: the MIL-NCE word split; word2vec fitted on a corpus's captions."""
 
 from __future__ import annotations
 

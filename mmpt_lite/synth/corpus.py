@@ -13,9 +13,8 @@ Modules: ``plan`` decides what goes where, ``text`` words it,
 seeded per video and frames are encoded by single-threaded bitexact ffmpeg, so the same
 (seed, size) gives the same bytes on the same ffmpeg build, whatever the number of workers.
 Atomicity: the corpus is built in ``<out>.tmp-<pid>`` and renamed into place with ``manifest.json``
-(sha256 of every file) inside, so a folder with a manifest is complete. ``actions.tsv``, the action
-lexicon of the captions, sits beside the manifest but outside it: a pure function of the generator's
-wording, not of the corpus settings, so it can be added to a corpus made without it.
+(sha256 of every file) inside, so a folder with a manifest is complete. ``actions.tsv``, the captions'
+action lexicon, is outside the manifest: it depends on the code only, so a corpus made without it gets it.
 """
 
 from __future__ import annotations
