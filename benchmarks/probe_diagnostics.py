@@ -36,9 +36,6 @@ import numpy as np
 import torch
 
 from mmpt_lite.config import resolve_path
-from mmpt_lite.data.synthetic_plan import plan_corpus
-from mmpt_lite.data.synthetic_render import render_video
-from mmpt_lite.data.synthetic_text import DESCRIBE
 from mmpt_lite.data.video import read_clip
 from mmpt_lite.evaluation.checkpoints import load_model
 from mmpt_lite.evaluation.features import (
@@ -51,6 +48,9 @@ from mmpt_lite.evaluation.features import (
 )
 from mmpt_lite.evaluation.linear_probe import probe_all_splits, read_hmdb_splits
 from mmpt_lite.models.preprocess import VideoInput
+from mmpt_lite.synth.plan import plan_corpus
+from mmpt_lite.synth.render import render_video
+from mmpt_lite.synth.text import DESCRIBE
 
 
 def pooled_features(model, windows: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:

@@ -45,7 +45,7 @@ class SyntheticConfig:
     size: Literal["tiny", "default", "large"] = "default"
     # Training videos' background hue: "task" (the scene predicts the recipe, as on HowTo100M) or "random"
     # (one per video: no scene cue, so only motion tells the actions apart). Use another data.root for each.
-    train_hue: Literal["task", "random"] = "task"
+    train_hue: Literal["task", "random"] = "random"
     # Training videos to generate; 0 = the size preset's. Video i and the evaluation sets do not depend on
     # it, so more videos extend the same corpus (less memorisation over a long run; docs/data.md).
     train_videos: int = 0
@@ -58,7 +58,8 @@ class ActionNegativesConfig:
     must match. MIL-NCE loss only."""
 
     count: int = 0  # negatives per clip; 0 = off
-    lexicon: str = "how2-synth"  # the embedded corpus's phrasings, or a file 'action<TAB>phrase | phrase'
+    # File of lines 'action<TAB>phrase | phrase ...'; relative to data.root (the synthetic corpus writes its own).
+    lexicon: str = "actions.tsv"
     # Where the negative actions come from: "video" = actions named elsewhere in the clip's own narration
     # (they fit its scene, so only the motion tells them apart); "all" = any action of the lexicon.
     pool: Literal["video", "all"] = "video"
@@ -79,7 +80,8 @@ class DataConfig:
     video_size: int = 112  # square crop side; frames are stored with this short side (eval's scale)
     num_candidates: int = 4  # K captions per clip (MIL-NCE)
     min_time: float = 5.0  # clip span is widened to at least this many seconds
-    random_flip: bool = True  # MIL-NCE flips; turn off when captions name left/right or (anti)clockwise
+    # MIL-NCE flips, but the synthetic captions name left/right and (anti)clockwise: a flip contradicts them.
+    random_flip: bool = False
     max_words: int = 20
     batch_size: int = 16  # clips per rank per step
     # Clips of one video side by side in a batch, each anchored in a different part of its captions: they
@@ -91,6 +93,7 @@ class DataConfig:
     reversed_twins: bool = False
     action_negatives: ActionNegativesConfig = field(default_factory=ActionNegativesConfig)
     num_workers: int = 2
+    # Video decoder (mmpt_lite.data.decoders) for shard building and evaluation; they select the same frames.
     decoder: Literal["pyav", "ffmpeg", "decord", "torchcodec"] = "pyav"
 
 

@@ -129,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         if cfg.data.action_negatives.count:  # read the lexicon now, before any data is built or rank started
+            from mmpt_lite.data.action_negatives import lexicon_pending
             from mmpt_lite.train.main import action_negatives
-            action_negatives(cfg)
+            if not lexicon_pending(cfg.data):  # else the synthetic corpus writes it when it is generated
+                action_negatives(cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmpt_lite.data.synthetic import SIZES, TRAIN_HUES, generate_corpus
+from mmpt_lite.synth.corpus import SIZES, TRAIN_HUES, generate_corpus
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,13 +3,27 @@
 import numpy as np
 import pytest
 
-from mmpt_lite.data.action_negatives import ActionLexicon, build_lexicon, how2_synth_lexicon
-from mmpt_lite.data.synthetic_render import Look
-from mmpt_lite.data.synthetic_text import DESCRIBE, INSTRUCT, describe, draw_wording, instruct
+from mmpt_lite.config import ConfigError, config_from_dict
+from mmpt_lite.data.action_negatives import ActionLexicon, lexicon_pending, load_lexicon
+from mmpt_lite.data.prepare import ensure_corpus
+from mmpt_lite.synth.corpus import write_lexicon
+from mmpt_lite.synth.render import Look
+from mmpt_lite.synth.text import DESCRIBE, INSTRUCT, describe, draw_wording, instruct
 
 KITCHEN = {"cut": ["cut the {} into pieces", "chop the {}", "cuts"],
            "stir": ["stir the {}", "stirs"],
            "pour": ["pour the {} in", "pours"]}
+
+
+def run_config(root, lexicon="actions.tsv", synthetic=True):
+    return config_from_dict({"data": {"root": str(root), "synthetic": {"enabled": synthetic},
+                                      "action_negatives": {"count": 2, "lexicon": lexicon}}})
+
+
+@pytest.fixture(scope="module")
+def how2_synth(tmp_path_factory):
+    """The lexicon file the generator writes into its corpus, read back."""
+    return ActionLexicon.from_file(write_lexicon(tmp_path_factory.mktemp("synth")))
 
 
 def test_lexicon_file_round_trip_and_errors(tmp_path):
@@ -18,7 +32,8 @@ def test_lexicon_file_round_trip_and_errors(tmp_path):
     lexicon = ActionLexicon.from_file(good)
     assert lexicon.actions == ("cut", "stir")
     assert [m.action for m in lexicon.find_all("now chop the onion and stir the sauce")] == ["cut", "stir"]
-    assert build_lexicon(str(good)).actions == ("cut", "stir")
+    assert load_lexicon(run_config(tmp_path, "verbs.tsv").data).actions == ("cut", "stir")  # inside data.root
+    assert load_lexicon(run_config("/nonexistent", str(good)).data).actions == ("cut", "stir")
 
     bad = tmp_path / "bad.tsv"
     bad.write_text("cut\tchop the {}\nstir the {} with a spoon\n")
@@ -32,8 +47,10 @@ def test_lexicon_file_round_trip_and_errors(tmp_path):
         ActionLexicon({"a": ["put the {} on the {}"], "b": ["b"]})
     with pytest.raises(ValueError, match="at least two actions"):
         ActionLexicon({"a": ["a"]})
-    with pytest.raises(ValueError, match="neither 'how2-synth' nor a lexicon file"):
-        build_lexicon(str(tmp_path / "missing.tsv"))
+    with pytest.raises(ConfigError, match=rf"^data.action_negatives.lexicon: {tmp_path}/missing.tsv is not a lexicon"):
+        load_lexicon(run_config(tmp_path, "missing.tsv").data)
+    with pytest.raises(ConfigError, match=rf"^data.action_negatives.lexicon: {bad}:2: expected"):
+        load_lexicon(run_config(tmp_path, "bad.tsv").data)
 
 
 def test_find_all_takes_the_longest_phrase_and_stops_objects_at_and():
@@ -59,8 +76,8 @@ def test_rewrite_keeps_the_object_and_the_form():
     assert out == "the chef pours slowly"
 
 
-def test_negatives_name_actions_no_candidate_names():
-    lexicon = how2_synth_lexicon()
+def test_negatives_name_actions_no_candidate_names(how2_synth):
+    lexicon = how2_synth
     rng = np.random.default_rng(3)
     captions = ["now we slide the red ball to the left", "alright", "the red ball grows"]
     negatives = lexicon.negatives(captions, rng, 6)
@@ -75,8 +92,8 @@ def test_negatives_name_actions_no_candidate_names():
         captions, np.random.default_rng(5), 4)
 
 
-def test_negatives_from_the_videos_narration_use_only_its_other_actions():
-    lexicon = how2_synth_lexicon()
+def test_negatives_from_the_videos_narration_use_only_its_other_actions(how2_synth):
+    lexicon = how2_synth
     captions = ["now we slide the red ball to the left", "um so yeah"]
     narration = captions + ["the blue star spins clockwise", "make the red ball bigger", "okay",
                             "the red ball moves to the left"]
@@ -89,8 +106,8 @@ def test_negatives_from_the_videos_narration_use_only_its_other_actions():
     assert lexicon.negatives(captions, np.random.default_rng(0), 2, pool=lexicon.actions_in(captions)) == [None, None]
 
 
-def test_how2_synth_lexicon_reads_every_caption_the_generator_writes():
-    lexicon = how2_synth_lexicon()
+def test_how2_synth_lexicon_reads_every_caption_the_generator_writes(how2_synth):
+    lexicon = how2_synth
     rng = np.random.default_rng(0)
     look = Look("cross", "red", "striped")
     for action in DESCRIBE:
@@ -100,3 +117,16 @@ def test_how2_synth_lexicon_reads_every_caption_the_generator_writes():
                 found = lexicon.find_all(caption)
                 assert [m.action for m in found] == [action], caption
     assert set(lexicon.actions) == set(INSTRUCT)
+    # Per action, its description then instruction phrasings, in the generator's order.
+    assert [(p.action, p.text) for p in lexicon.phrases] == [(a, t) for a in DESCRIBE for t in (*DESCRIBE[a], *INSTRUCT[a])]
+
+
+def test_a_synthetic_corpus_without_its_lexicon_file_gets_one(tmp_path):
+    cfg = run_config(tmp_path)
+    (tmp_path / "train.csv").write_text("video_path\n")  # a complete corpus made before it carried the file
+    assert lexicon_pending(cfg.data) and not lexicon_pending(run_config(tmp_path, "mine.tsv").data)
+    assert not lexicon_pending(run_config(tmp_path, synthetic=False).data)
+    ensure_corpus(cfg, tmp_path, build=False)  # only the main rank writes
+    assert not (tmp_path / "actions.tsv").exists()
+    ensure_corpus(cfg, tmp_path, build=True)
+    assert not lexicon_pending(cfg.data) and load_lexicon(cfg.data).actions == tuple(DESCRIBE)

@@ -1,4 +1,4 @@
-"""Aligners: MIL-NCE candidate windows, span widening, overlapped clips, crops, MAE sampling."""
+"""Aligners: MIL-NCE candidate windows, span widening, crops, MAE sampling."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,6 @@ from mmpt_lite.data.aligners import (
     milnce_sample,
     multiscale_crop,
     nearest_candidates,
-    overlapped_clips,
     random_crop,
     time_reversed_caption,
     widen_span,
@@ -97,22 +96,6 @@ def test_milnce_sample_fewer_captions_than_k_repeats_last():
     c = milnce_sample(np.array([1.0, 5.0]), np.array([2.0, 6.0]), np.random.default_rng(1), num_candidates=4,
                       min_time=5.0, clip_seconds=3.2, duration=10.0)
     assert list(c.caption_ids) == [0, 1, 1, 1]
-
-
-def test_overlapped_clips_overlap_but_differ():
-    rng = np.random.default_rng(0)
-    starts = np.arange(0, 60, 4.0)
-    ends = starts + 3.5
-    clips = overlapped_clips(starts, ends, rng, num_clips=32, min_text_seconds=6.0, video_seconds=(3.0, 12.0),
-                             duration=64.0)
-    differ = 0
-    for c in clips:
-        t0, t1 = starts[c.caption_ids[0]], ends[c.caption_ids[-1]]
-        v0, v1 = c.span
-        assert v0 < t1 and t0 < v1, "video and text spans must overlap"
-        assert 0 <= v0 <= v1 <= 64.0 and t1 - t0 >= 6.0
-        differ += (abs(v0 - t0) > 1e-6) or (abs(v1 - t1) > 1e-6)
-    assert differ == len(clips)
 
 
 def test_crops():

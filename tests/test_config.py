@@ -135,7 +135,7 @@ def test_action_negatives_checks(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("data: {action_negatives: {count: 4}}\n")
     assert load_config(path).data.action_negatives.count == 4
-    assert load_config(path).data.action_negatives.lexicon == "how2-synth"
+    assert load_config(path).data.action_negatives.lexicon == "actions.tsv"
     with pytest.raises(ConfigError, match="data.action_negatives.count: -1 must be >= 0"):
         load_config(path, ["data.action_negatives.count=-1"])
     with pytest.raises(ConfigError, match="need loss.name milnce, not 'infonce'"):

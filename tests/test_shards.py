@@ -17,16 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_video
 
-from mmpt_lite.data.shard_build import build_feature_shards, build_video_shards
-from mmpt_lite.data.shards import (
-    ShardedCaptionStore,
-    ShardedFeatureStore,
-    ShardedVideoStore,
-    load_manifest,
-    read_caption_file,
-    verify_shards,
-)
+from mmpt_lite.config import ConfigError, config_from_dict
+from mmpt_lite.data.howto import read_caption_file
+from mmpt_lite.data.shard_build import build_video_shards
+from mmpt_lite.data.shards import ShardedCaptionStore, ShardedVideoStore, load_manifest, verify_shards
 from mmpt_lite.data.video import SpatialTransform, read_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,26 +237,17 @@ def test_store_is_fork_and_pickle_safe(jpeg_shards):
     assert _first_frame_sum(pickle.loads(pickle.dumps(store))) == expected
 
 
-def test_feature_shards_videoclip_layout(corpus, tmp_path):
-    features = tmp_path / "features"
-    features.mkdir()
-    rng = np.random.default_rng(0)
-    arrays = {f"v{i}": rng.standard_normal((3 + i, 16)).astype(np.float32) for i in range(5)}
-    for name, array in arrays.items():
-        np.save(features / f"{name}.npy", array)
-    np.save(features / "wrong_dim.npy", np.zeros((4, 8), np.float32))
-    (features / "garbage.npy").write_bytes(b"not an npy file")
-    out = tmp_path / "shards"
-    report = build_feature_shards(features, out, split="train", videos_per_shard=3, progress=False)
-    assert report.counts()["features"] == 2 and report.videos_written == 5
-
-    data, starts = np.load(out / "train_0_data.npy", mmap_mode="r"), np.load(out / "train_0_starts.npy")
-    assert data.dtype == np.float16 and starts.dtype == np.int64
-    assert starts[0] == 0 and starts[-1] == len(data)
-    ids = [v.decode() for v in np.load(out / "train_0_video_ids.npy")]
-    for i, name in enumerate(ids):   # video i of shard k = data[starts[i]:starts[i+1]]
-        assert np.array_equal(data[starts[i]:starts[i + 1]], arrays[name].astype(np.float16))
-    store = ShardedFeatureStore(out)
-    assert sorted(store.video_ids) == sorted(arrays)
-    assert np.array_equal(store.get("v4"), arrays["v4"].astype(np.float16))
-    assert verify_shards(out) == []
+def test_decoder_ffmpeg_builds_the_same_frames_as_pyav(tmp_path):
+    make_video(tmp_path / "videos" / "clip.mp4", "blue", seconds=2.0, fps=10)
+    (tmp_path / "list.csv").write_text("video_path\nclip.mp4\n")
+    frames = {}
+    for decoder in ("pyav", "ffmpeg"):
+        build_video_shards(tmp_path / "list.csv", tmp_path / "videos", tmp_path / decoder, storage="raw", fps=FPS,
+                           short_side=48, progress=False, decoder=decoder)
+        store = ShardedVideoStore(tmp_path / decoder)
+        frames[decoder] = store.read_frames("clip", 0, store.num_frames("clip"))
+    assert len(frames["pyav"]) == 10 and np.array_equal(frames["ffmpeg"], frames["pyav"])
+    with pytest.raises(ValueError, match="unknown backend 'nope'; choose one of pyav, ffmpeg, decord, torchcodec"):
+        build_video_shards(tmp_path / "list.csv", tmp_path / "videos", tmp_path / "nope", decoder="nope")
+    with pytest.raises(ConfigError, match="data.decoder: 'nope' is not one of"):
+        config_from_dict({"data": {"decoder": "nope"}})

@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmpt_lite.data import synthetic_plan, synthetic_render
-from mmpt_lite.data.synthetic import SIZES, generate_corpus, plan_corpus
+from mmpt_lite.synth import plan as synthetic_plan
+from mmpt_lite.synth import render as synthetic_render
+from mmpt_lite.synth.corpus import LEXICON_FILE, SIZES, generate_corpus, plan_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = SIZES["tiny"]
@@ -102,7 +103,7 @@ def test_tables_have_the_documented_columns(corpus):
             assert entry["label"] == entry["template"].replace("[something]", entry["placeholders"][0]).lower()
     manifest = json.loads((corpus / "manifest.json").read_text())
     on_disk = _sha256_tree(corpus)
-    del on_disk["manifest.json"]
+    del on_disk["manifest.json"], on_disk[LEXICON_FILE]  # the lexicon is derived from the code, not the settings
     assert {rel: info["sha256"] for rel, info in manifest["files"].items()} == on_disk
     assert len(_truth(corpus)) == len(_referenced_videos(corpus))
 
@@ -214,7 +215,7 @@ def test_clockwise_is_clockwise_on_screen():
 
 def test_interrupted_run_leaves_no_corpus_and_rerun_is_byte_identical(corpus, tmp_path):
     out = tmp_path / "how2"
-    code = f"from mmpt_lite.data.synthetic import generate_corpus; generate_corpus({str(out)!r}, 0, 'tiny', 2)"
+    code = f"from mmpt_lite.synth.corpus import generate_corpus; generate_corpus({str(out)!r}, 0, 'tiny', 2)"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True)
     try:
         deadline = time.monotonic() + 60

@@ -80,8 +80,8 @@ def test_action_negatives_on_two_ranks_and_a_bad_lexicon(corpus, tmp_path):
     r = run_launch("local_single", [f"data.root={corpus}", f"train.output_dir={tmp_path / 'bad'}", "train.max_steps=1",
                                     "data.action_negatives.count=3", f"data.action_negatives.lexicon={tmp_path}/no.tsv"])
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [f"error: data.action_negatives.lexicon: '{tmp_path}/no.tsv' is neither "
-                                             "'how2-synth' nor a lexicon file"], r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == [f"error: data.action_negatives.lexicon: {tmp_path}/no.tsv is not a lexicon "
+                                             "file (one line per action: 'action<TAB>phrase | phrase ...')"], r.stderr[-2000:]
 
 
 def final_weights(out_dir):

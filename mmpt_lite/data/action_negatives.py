@@ -24,6 +24,9 @@ import numpy as np
 
 from mmpt_lite.config import ConfigError, DataConfig, resolve_path
 
+# A corpus's lexicon file by default (``data.action_negatives.lexicon``); the synthetic generator writes it.
+CORPUS_LEXICON = "actions.tsv"
+
 # The object slot: 1-4 words, none of them "and" (which joins a second object's phrase). Inside a phrase it
 # is as short as the rest of the phrase allows; at the end of one, as long as possible.
 _WORD = r"(?!and(?!\S))\S+"
@@ -150,27 +153,24 @@ class ActionLexicon:
         return out + [None] * (count - len(out))
 
 
-def how2_synth_lexicon() -> ActionLexicon:
-    """The embedded corpus's actions: its description and instruction phrasings (``synthetic_text``)."""
-    from mmpt_lite.data.synthetic_text import DESCRIBE, INSTRUCT
-
-    return ActionLexicon({a: list(DESCRIBE[a]) + list(INSTRUCT[a]) for a in DESCRIBE}, source="how2-synth")
+def lexicon_path(data: DataConfig) -> Path:
+    """``data.action_negatives.lexicon``; a relative path is inside ``data.root`` (beside the captions)."""
+    return resolve_path(data.root) / data.action_negatives.lexicon
 
 
-def build_lexicon(spec: str) -> ActionLexicon:
-    """``"how2-synth"`` (the embedded corpus's phrasings) or a path to a lexicon file."""
-    if spec == "how2-synth":
-        return how2_synth_lexicon()
-    path = Path(spec)
-    if not path.is_file():
-        raise ValueError(f"{spec!r} is neither 'how2-synth' nor a lexicon file")
-    return ActionLexicon.from_file(path)
+def lexicon_pending(data: DataConfig) -> bool:
+    """Whether the lexicon is the synthetic corpus's own file that ``prepare.ensure_corpus`` has yet to write."""
+    path = lexicon_path(data)
+    return data.synthetic.enabled and path == resolve_path(data.root) / CORPUS_LEXICON and not path.exists()
 
 
 def load_lexicon(data: DataConfig) -> ActionLexicon:
-    """The lexicon ``data.action_negatives.lexicon`` names; a bad one is a ConfigError naming that key."""
-    spec = data.action_negatives.lexicon
+    """The lexicon file ``data.action_negatives.lexicon`` names; a missing or bad one is a ConfigError naming it."""
+    path = lexicon_path(data)
+    if not path.is_file():
+        raise ConfigError(f"data.action_negatives.lexicon: {path} is not a lexicon file "
+                          "(one line per action: 'action<TAB>phrase | phrase ...')")
     try:
-        return build_lexicon(spec if spec == "how2-synth" else str(resolve_path(spec)))
-    except (OSError, ValueError) as err:
+        return ActionLexicon.from_file(path)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ConfigError(f"data.action_negatives.lexicon: {err}") from err

@@ -85,36 +85,6 @@ def milnce_sample(starts: np.ndarray, ends: np.ndarray, rng: np.random.Generator
     return ClipChoice(clip_start=clip_start, caption_ids=caption_ids, span=span)
 
 
-def overlapped_clips(starts: np.ndarray, ends: np.ndarray, rng: np.random.Generator, *, num_clips: int,
-                     min_text_seconds: float, video_seconds: tuple[float, float],
-                     duration: float) -> list[ClipChoice]:
-    """VideoCLIP-style overlapped pairs: text and video spans overlap but are drawn separately.
-
-    For each clip: a random anchor caption grows to contiguous captions until the text span
-    lasts ``min_text_seconds``; the video span's centre is drawn inside the text span and its length
-    uniformly in ``video_seconds`` (clipped to the video). So the two spans always overlap and are
-    almost never equal, which is VideoCLIP's fix for exactly aligned but noisy ASR boundaries.
-    """
-    n = len(starts)
-    if n == 0:
-        raise ValueError("video has no captions")
-    out = []
-    for _ in range(num_clips):
-        lo = hi = int(rng.integers(n))
-        while ends[hi] - starts[lo] < min_text_seconds and (lo > 0 or hi < n - 1):
-            if hi < n - 1:
-                hi += 1
-            else:
-                lo -= 1
-        t0, t1 = float(starts[lo]), float(ends[hi])
-        centre = float(rng.uniform(t0, t1)) if t1 > t0 else t0
-        length = float(rng.uniform(*video_seconds))
-        v0 = min(max(0.0, centre - length / 2), max(0.0, duration - length))
-        out.append(ClipChoice(clip_start=v0, caption_ids=np.arange(lo, hi + 1, dtype=np.int64),
-                              span=(v0, min(duration, v0 + length))))
-    return out
-
-
 @dataclass(frozen=True)
 class CropChoice:
     """A crop box (top, left, height, width) in source pixels and whether to flip horizontally."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mmpt_lite.config import RunConfig, resolve_path
+from mmpt_lite.data.words import split_words, train_word2vec
 
 log = logging.getLogger("mmpt_lite")
 
@@ -51,14 +52,18 @@ def default_shard_root(cfg: RunConfig, root: Path) -> Path:
 
 
 def ensure_corpus(cfg: RunConfig, root: Path, build: bool) -> None:
+    """Generate a missing synthetic corpus (when ``build``), or add its lexicon file; a real corpus must exist."""
     if (root / cfg.data.train_csv).is_file():
+        if cfg.data.synthetic.enabled and build:
+            from mmpt_lite.synth.corpus import write_lexicon
+            write_lexicon(root)  # cheap, and a no-op when the file is there
         return
     if not cfg.data.synthetic.enabled:
         raise FileNotFoundError(f"data.root: {root / cfg.data.train_csv} not found (a HowTo100M-format video list "
                                 f"with column video_path); or set data.synthetic.enabled=true for the demo corpus")
     if not build:
         raise FileNotFoundError(f"data.root: {root} is not ready (the main rank should have generated it)")
-    from mmpt_lite.data.synthetic import generate_corpus
+    from mmpt_lite.synth.corpus import generate_corpus
     synthetic = cfg.data.synthetic
     log.info("generating the synthetic corpus how2-synth (seed %d, size %s, train_hue %s, train_videos %s) in %s",
              synthetic.seed, synthetic.size, synthetic.train_hue, synthetic.train_videos or "preset", root)
@@ -74,7 +79,7 @@ def ensure_shards(cfg: RunConfig, root: Path, shard_root: Path, build: bool) -> 
         cfg.data.caption_root)
     command = (f"python scripts/shard_howto.py --csv {root / cfg.data.train_csv} --video_root {video_root} "
                f"--caption_root {caption_root} --out {shard_root} --fps {cfg.data.fps:g} "
-               f"--short_side {storage_short_side(cfg.data.video_size)}")
+               f"--short_side {storage_short_side(cfg.data.video_size)} --decoder {cfg.data.decoder}")
     if not (cfg.data.synthetic.enabled and build):
         raise FileNotFoundError(f"data.shard_root: no shards at {shard_root}; build them with: {command}")
     from mmpt_lite.data.shard_build import build_video_shards
@@ -83,7 +88,8 @@ def ensure_shards(cfg: RunConfig, root: Path, shard_root: Path, build: bool) -> 
     summary = build_video_shards(csv_path=root / cfg.data.train_csv, video_root=video_root,
                                  caption_root=caption_root, out_dir=shard_root, fps=cfg.data.fps,
                                  short_side=storage_short_side(cfg.data.video_size),
-                                 workers=os.cpu_count() or 1, videos_per_shard=16, progress=True)
+                                 workers=os.cpu_count() or 1, videos_per_shard=16, progress=True,
+                                 decoder=cfg.data.decoder)
     log.info("shards: %s", summary)
 
 
@@ -103,11 +109,9 @@ def _ensure_word_vectors(cfg: RunConfig, shard_root: Path, caption_store, build:
             raise FileNotFoundError(f"model.text.path: {path} is not ready (the main rank builds it)")
         sentences = [t for vid in caption_store.video_ids for t in caption_store.get(vid)[2]]
         if text.word_init == "word2vec":
-            from mmpt_lite.models.text import train_word2vec
             log.info("training word2vec (%d-d) on %d corpus captions -> %s", text.word_dim, len(sentences), path)
             train_word2vec(sentences, path, dim=text.word_dim, seed=cfg.train.seed, epochs=20)
         else:
-            from mmpt_lite.models.text import split_words
             words = sorted({w for t in sentences for w in split_words(t)})
             log.info("corpus vocabulary: %d words from %d captions -> %s", len(words), len(sentences), path)
             tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")

@@ -1,11 +1,11 @@
-"""Build shards (layout in ``shards.py``) from a HowTo100M-style corpus or from a folder of per-video features.
+"""Build frame shards (layout in ``shards.py``) from a HowTo100M-style corpus (inputs read by ``howto.py``).
 
 Flow: read the video list -> cut it into fixed shards of ``videos_per_shard`` -> keep the shards the manifest
 already holds for the same inputs with intact files -> worker processes decode and encode one video each into a
 part file inside the shard's hidden ``.tmp-*`` folder -> when a shard's last video is back, the main process
 concatenates the parts into the shard files, moves them into place and only then adds the manifest entry (so a
-crash leaves either no shard or a complete one). Unreadable videos and bad caption or feature files are
-skipped and reported (``report.json``, ``skipped.csv``), never fatal.
+crash leaves either no shard or a complete one). Unreadable videos and bad caption files are skipped and
+reported (``report.json``, ``skipped.csv``), never fatal.
 """
 
 from __future__ import annotations
@@ -29,26 +29,22 @@ import numpy as np
 import simplejpeg
 from tqdm import tqdm
 
+from mmpt_lite.data.decoders import get_decoder
+from mmpt_lite.data.howto import CaptionError, CorpusItem, Skip, read_caption_file, read_video_list
 from mmpt_lite.data.shards import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_NAME,
     STORAGE_KINDS,
-    CaptionError,
-    CorpusItem,
-    Skip,
     load_manifest,
-    read_caption_file,
-    read_feature_list,
-    read_video_list,
     verify_shard_entry,
     write_json_atomic,
 )
-from mmpt_lite.data.video import SpatialTransform, VideoDecodeError, iter_clip_frames, probe_video
+from mmpt_lite.data.video import SpatialTransform, VideoDecodeError, iter_clip_frames, probe_video, read_all_frames
 from mmpt_lite.fileio import file_sha256
 
 # Skip kinds that remove a listed video from the output (the others are informational).
-DROPPED_VIDEO_KINDS = ("video", "captions", "features")
+DROPPED_VIDEO_KINDS = ("video", "captions")
 
 
 @dataclass(frozen=True)
@@ -84,13 +80,13 @@ class _CaptionArrays:
             self.text += text.encode("utf-8")
             self.text_offsets.append(len(self.text))
 
-    def save(self, folder: Path, prefix: str) -> dict[str, Path]:
+    def save(self, folder: Path) -> dict[str, Path]:
         times = np.concatenate(self.times) if self.times else np.zeros((0, 2), np.float32)
-        files = {"caption_starts": _save_npy(folder / f"{prefix}caption_starts.npy", np.array(self.starts, np.int64)),
-                 "caption_times": _save_npy(folder / f"{prefix}caption_times.npy", times.astype(np.float32)),
-                 "caption_text_offsets": _save_npy(folder / f"{prefix}caption_text_offsets.npy",
+        files = {"caption_starts": _save_npy(folder / "caption_starts.npy", np.array(self.starts, np.int64)),
+                 "caption_times": _save_npy(folder / "caption_times.npy", times.astype(np.float32)),
+                 "caption_text_offsets": _save_npy(folder / "caption_text_offsets.npy",
                                                    np.array(self.text_offsets, np.int64))}
-        files["caption_text"] = folder / f"{prefix}caption_text.bin"
+        files["caption_text"] = folder / "caption_text.bin"
         _write_synced(files["caption_text"], bytes(self.text))
         return files
 
@@ -118,23 +114,22 @@ def _ids_array(video_ids: list[str]) -> np.ndarray:
 @dataclass(frozen=True)
 class _ShardTask:
     index: int
-    name: str                      # shard folder (video mode) or file prefix (feature mode)
+    name: str                      # shard folder
     items: tuple[CorpusItem, ...]
     inputs_sha256: str
-    storage: StorageSpec | None    # None: feature mode
-    feature_dim: int | None
+    storage: StorageSpec
     tmp_dir: str                   # hidden folder the shard is assembled in
 
 
 @dataclass(frozen=True)
 class _ItemTask:
-    """One video (or feature file) to encode into ``part_path``, a piece of shard ``shard`` at ``slot``."""
+    """One video to encode into ``part_path``, a piece of shard ``shard`` at ``slot``."""
 
     shard: int
     slot: int
     item: CorpusItem
-    storage: StorageSpec | None     # None: feature mode
-    feature_dim: int | None
+    storage: StorageSpec
+    decoder: str                    # mmpt_lite.data.decoders name
     part_path: str
 
 
@@ -146,15 +141,9 @@ def _process_item(task: _ItemTask) -> dict:
     if captions is None:
         return row
     try:
-        if task.storage is not None:
-            row.update(_encode_video(task.item.video_path, task.storage, Path(task.part_path)))
-        else:
-            row.update(_convert_features(task.item, task.feature_dim, Path(task.part_path)))
+        row.update(_encode_video(task.item.video_path, task.storage, task.decoder, Path(task.part_path)))
     except VideoDecodeError as err:
         skips.append(Skip("video", task.item.video_id, err.path, None, err.reason))
-        return row
-    except ValueError as err:   # feature files
-        skips.append(Skip("features", task.item.video_id, task.item.feature_path, None, str(err)))
         return row
     row.update(ok=True, caption_times=captions[0], caption_texts=captions[1])
     return row
@@ -173,12 +162,15 @@ def _read_captions(item: CorpusItem, skips: list[Skip]) -> tuple[np.ndarray, lis
     return times, texts
 
 
-def _encode_video(path: str, storage: StorageSpec, part: Path) -> dict:
-    """Decode ``path`` once at ``storage.fps`` and write its stored form to ``part``; raises VideoDecodeError."""
+def _encode_video(path: str, storage: StorageSpec, decoder: str, part: Path) -> dict:
+    """Decode ``path`` once at ``storage.fps`` with ``decoder``, write its stored form to ``part``; VideoDecodeError."""
     try:
         info = probe_video(path)
-        frames = iter_clip_frames(path, 0.0, fps=storage.fps,
-                                  transform=SpatialTransform(short_side=storage.short_side, crop_mode="none"))
+        transform = SpatialTransform(short_side=storage.short_side, crop_mode="none")
+        if decoder == "pyav":   # streamed: a long video never sits in memory whole
+            frames = iter_clip_frames(path, 0.0, fps=storage.fps, transform=transform)
+        else:
+            frames = iter(read_all_frames(path, fps=storage.fps, transform=transform, backend=decoder))
         sizes, height, width = [], 0, 0
         with open(part, "wb") as f:
             if storage.kind == "h264":
@@ -224,22 +216,6 @@ def _encode_h264(frames, storage: StorageSpec) -> tuple[bytes, int, int, int]:
     return buffer.getvalue(), count, height, width
 
 
-def _convert_features(item: CorpusItem, dim: int, part: Path) -> dict:
-    """Check one ``[n_sec, dim]`` feature file and write it to ``part`` as fp16; raises ValueError."""
-    try:
-        features = np.load(item.feature_path, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise ValueError("feature file not found") from None
-    except (OSError, ValueError) as err:
-        raise ValueError(f"unreadable feature file ({err})") from err
-    if features.ndim != 2 or features.shape[1] != dim or features.shape[0] == 0:
-        raise ValueError(f"features have shape {features.shape}, expected [n_sec >= 1, {dim}]")
-    if not np.issubdtype(features.dtype, np.floating) or not np.isfinite(features).all():
-        raise ValueError(f"features must be finite floats (dtype {features.dtype})")
-    np.ascontiguousarray(features, dtype=np.float16).tofile(part)
-    return {"num_rows": len(features)}
-
-
 def _assemble_shard(task: _ShardTask, rows: list[dict]) -> dict:
     """Main process: concatenate the parts of a finished shard (rows in slot order) into the shard files in
     ``task.tmp_dir``; returns the manifest entry (paths relative to the output root)."""
@@ -249,38 +225,24 @@ def _assemble_shard(task: _ShardTask, rows: list[dict]) -> dict:
     for r in kept:
         captions.add(r["caption_times"], r["caption_texts"])
     ids = _ids_array([r["video_id"] for r in kept])
-    if task.storage is not None:
-        prefix, data_path = "", folder / "data.bin"
-        with open(data_path, "wb") as data:
-            for part in parts:
-                with open(part, "rb") as f:
-                    shutil.copyfileobj(f, data, 1 << 22)
-            data.flush()
-            os.fsync(data.fileno())
-        meta = np.array([(r["height"], r["width"], r["source_fps"], r["source_duration"]) for r in kept],
-                        dtype=[("height", "<i4"), ("width", "<i4"), ("source_fps", "<f4"), ("source_duration", "<f4")])
-        sizes = [size for r in kept for size in r["byte_sizes"]]
-        counts = [r["num_frames"] for r in kept]
-        files = {"data": data_path,
-                 "byte_offsets": _save_npy(folder / "byte_offsets.npy", np.cumsum([0, *sizes], dtype=np.int64)),
-                 "video_starts": _save_npy(folder / "video_starts.npy", np.cumsum([0, *counts], dtype=np.int64)),
-                 "video_ids": _save_npy(folder / "video_ids.npy", ids), "videos": _save_npy(folder / "videos.npy", meta)}
-    else:   # VideoCLIP layout: one fp16 [sum n_sec, D] array + int64 starts
-        prefix = f"{task.name}_"
-        counts = [r["num_rows"] for r in kept]
-        starts = np.cumsum([0, *counts], dtype=np.int64)
-        data = np.lib.format.open_memmap(folder / f"{prefix}data.npy", mode="w+", dtype=np.float16,
-                                         shape=(int(starts[-1]), task.feature_dim))
-        for a, b, part in zip(starts[:-1], starts[1:], parts, strict=True):
-            data[a:b] = np.fromfile(part, np.float16).reshape(b - a, task.feature_dim)
+    data_path = folder / "data.bin"
+    with open(data_path, "wb") as data:
+        for part in parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, data, 1 << 22)
         data.flush()
-        del data
-        files = {"data": folder / f"{prefix}data.npy", "starts": _save_npy(folder / f"{prefix}starts.npy", starts),
-                 "video_ids": _save_npy(folder / f"{prefix}video_ids.npy", ids)}
-    files.update(captions.save(folder, prefix))
+        os.fsync(data.fileno())
+    meta = np.array([(r["height"], r["width"], r["source_fps"], r["source_duration"]) for r in kept],
+                    dtype=[("height", "<i4"), ("width", "<i4"), ("source_fps", "<f4"), ("source_duration", "<f4")])
+    sizes = [size for r in kept for size in r["byte_sizes"]]
+    counts = [r["num_frames"] for r in kept]
+    files = {"data": data_path,
+             "byte_offsets": _save_npy(folder / "byte_offsets.npy", np.cumsum([0, *sizes], dtype=np.int64)),
+             "video_starts": _save_npy(folder / "video_starts.npy", np.cumsum([0, *counts], dtype=np.int64)),
+             "video_ids": _save_npy(folder / "video_ids.npy", ids), "videos": _save_npy(folder / "videos.npy", meta)}
+    files.update(captions.save(folder))
     shutil.rmtree(folder / "parts")
-    rel = {role: (f"{task.name}/{path.name}" if task.storage is not None else path.name)
-           for role, path in files.items()}
+    rel = {role: f"{task.name}/{path.name}" for role, path in files.items()}
     return {"index": task.index, "name": task.name, "inputs_sha256": task.inputs_sha256, "videos": len(kept),
             "frames": int(sum(counts)), "captions": int(captions.starts[-1]),
             "files": {role: {"path": rel[role], "bytes": path.stat().st_size, "sha256": file_sha256(path)}
@@ -290,7 +252,8 @@ def _assemble_shard(task: _ShardTask, rows: list[dict]) -> dict:
 
 def _inputs_digest(settings: dict, items: tuple[CorpusItem, ...]) -> str:
     """Identifies what a shard was built from, so a rerun with another list or other parameters rebuilds it."""
-    payload = json.dumps([settings, [asdict(item) for item in items]], sort_keys=True)
+    # Each item as the format-v1 writer listed it (with its empty feature_path), so that finished shards match.
+    payload = json.dumps([settings, [{**asdict(item), "feature_path": None} for item in items]], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -311,8 +274,7 @@ class BuildReport:
         dropped = sum(c[k] for k in DROPPED_VIDEO_KINDS)
         return (f"{self.shards_built + self.shards_reused} shards ({self.shards_built} built, {self.shards_reused} "
                 f"already done) | {self.videos_listed} videos listed, {self.videos_written} written, {dropped} "
-                f"skipped ({c['video']} unreadable video, {c['captions']} bad caption file, {c['features']} bad "
-                f"feature file) | {c['caption_row']} caption rows dropped | {c['orphan_captions']} caption files "
+                f"skipped ({c['video']} unreadable video, {c['captions']} bad caption file) | {c['caption_row']} caption rows dropped | {c['orphan_captions']} caption files "
                 f"without video | {c['video_list']} bad list lines | details: {self.out_dir}/report.json, "
                 f"{self.out_dir}/skipped.csv")
 
@@ -334,44 +296,23 @@ class BuildReport:
 def build_video_shards(csv_path: str | Path, video_root: str | Path, out_dir: str | Path, *,
                        caption_root: str | Path | None = None, storage: str = "jpeg", fps: float = 5.0,
                        short_side: int | None = 128, jpeg_quality: int = 90, gop: int = 16,
-                       videos_per_shard: int = 4096, workers: int = 1, progress: bool = True) -> BuildReport:
+                       videos_per_shard: int = 4096, workers: int = 1, progress: bool = True,
+                       decoder: str = "pyav") -> BuildReport:
     """Decode every listed video once at ``fps`` (short side ``short_side``) into frame shards under ``out_dir``.
 
-    Videos whose caption file is missing or unusable are skipped when ``caption_root`` is given.
+    Videos whose caption file is missing or unusable are skipped when ``caption_root`` is given. ``decoder``
+    (``data.decoder``: pyav, ffmpeg, decord, torchcodec) reads every video; the decoders select the same frames,
+    so it is not part of the shards' identity.
     """
+    get_decoder(decoder)   # an unknown name fails here, not once per video
     spec = StorageSpec(storage, float(fps), short_side, jpeg_quality, gop)
     items, list_skips = read_video_list(csv_path, video_root, caption_root)
-    return _build(Path(out_dir), items, list_skips, mode="video", storage=spec, feature_dim=None,
-                  videos_per_shard=videos_per_shard, workers=workers, progress=progress,
-                  name_of=lambda k: f"shard_{k:05d}")
-
-
-def build_feature_shards(features_dir: str | Path, out_dir: str | Path, *, csv_path: str | Path | None = None,
-                         caption_root: str | Path | None = None, split: str = "train",
-                         videos_per_shard: int = 4096, workers: int = 1, progress: bool = True) -> BuildReport:
-    """Concatenate per-video ``<video_id>.npy`` ``[n_sec, D]`` features into ``{split}_{k}_data.npy`` shards."""
-    items, list_skips = read_feature_list(features_dir, csv_path, caption_root)
-    feature_dim = None
-    for item in items:   # the first readable file fixes D for every shard
-        try:
-            feature_dim = int(np.load(item.feature_path, mmap_mode="r").shape[-1])
-            break
-        except (OSError, ValueError, IndexError):
-            continue
-    if feature_dim is None:
-        raise ValueError(f"{features_dir}: no readable feature file among {len(items)} listed videos")
-    return _build(Path(out_dir), items, list_skips, mode="features", storage=None, feature_dim=feature_dim,
-                  videos_per_shard=videos_per_shard, workers=workers, progress=progress,
-                  name_of=lambda k: f"{split}_{k}")
-
-
-def _build(out: Path, items: list[CorpusItem], list_skips: list[Skip], *, mode: str, storage: StorageSpec | None,
-           feature_dim: int | None, videos_per_shard: int, workers: int, progress: bool, name_of) -> BuildReport:
     if videos_per_shard < 1:
         raise ValueError(f"videos_per_shard must be >= 1, got {videos_per_shard}")
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"mode": mode, "storage": asdict(storage) if storage else None, "feature_dim": feature_dim,
-                "videos_per_shard": videos_per_shard}
+    # "mode" and "feature_dim" are fields of the format-v1 manifest: kept so that shards already built match.
+    settings = {"mode": "video", "storage": asdict(spec), "feature_dim": None, "videos_per_shard": videos_per_shard}
     with open(out / ".build.lock", "w") as lock:
         try:   # two builders in one folder would interleave manifest updates
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -380,13 +321,12 @@ def _build(out: Path, items: list[CorpusItem], list_skips: list[Skip], *, mode: 
         manifest = _open_manifest(out, settings)
         tasks = []
         for k, first in enumerate(range(0, len(items), videos_per_shard)):
-            chunk = tuple(items[first:first + videos_per_shard])
-            tasks.append(_ShardTask(k, name_of(k), chunk, _inputs_digest(settings, chunk), storage,
-                                    feature_dim, str(out / f".tmp-{name_of(k)}")))
+            chunk, name = tuple(items[first:first + videos_per_shard]), f"shard_{k:05d}"
+            tasks.append(_ShardTask(k, name, chunk, _inputs_digest(settings, chunk), spec, str(out / f".tmp-{name}")))
         todo = _shards_to_build(out, manifest, tasks, progress)
         manifest["planned_shards"] = len(tasks)
         write_json_atomic(out / MANIFEST_NAME, manifest)
-        _run_tasks(out, manifest, todo, workers, progress)
+        _run_tasks(out, manifest, todo, workers, progress, decoder)
     entries = manifest["shards"]
     report = BuildReport(str(out), len(items) + sum(s.kind == "video_list" for s in list_skips), len(todo),
                          len(tasks) - len(todo), sum(e["videos"] for e in entries),
@@ -427,14 +367,14 @@ def _shards_to_build(out: Path, manifest: dict, tasks: list[_ShardTask], progres
     return todo
 
 
-def _run_tasks(out: Path, manifest: dict, todo: list[_ShardTask], workers: int, progress: bool) -> None:
+def _run_tasks(out: Path, manifest: dict, todo: list[_ShardTask], workers: int, progress: bool, decoder: str) -> None:
     """Encode every item of the shards in ``todo`` (``workers`` processes, one item per task, so even a
     single shard uses every worker); assemble and commit each shard as soon as its last item is back."""
     items = []
     for shard in todo:
         (Path(shard.tmp_dir) / "parts").mkdir(parents=True)
-        items += [_ItemTask(shard.index, slot, item, shard.storage, shard.feature_dim,
-                            str(Path(shard.tmp_dir) / "parts" / f"{slot:06d}")) for slot, item in enumerate(shard.items)]
+        items += [_ItemTask(shard.index, slot, item, shard.storage, decoder, str(Path(shard.tmp_dir) / "parts" / f"{slot:06d}"))
+                  for slot, item in enumerate(shard.items)]
     shards = {shard.index: shard for shard in todo}
     rows: dict[int, list[dict]] = {shard.index: [] for shard in todo}
     pool = mp.get_context().Pool(workers) if workers > 1 and len(items) > 1 else None
@@ -454,16 +394,10 @@ def _run_tasks(out: Path, manifest: dict, todo: list[_ShardTask], workers: int, 
 
 def _commit(out: Path, manifest: dict, task: _ShardTask, entry: dict) -> None:
     """Move a finished shard into place, then (only then) record it in the manifest."""
-    tmp = Path(task.tmp_dir)
-    if task.storage is not None:
-        final = out / task.name
-        if final.exists():   # left by a build killed between this rename and the manifest update
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    else:
-        for path in tmp.iterdir():
-            os.replace(path, out / path.name)
-        tmp.rmdir()
+    final = out / task.name
+    if final.exists():   # left by a build killed between this rename and the manifest update
+        shutil.rmtree(final)
+    os.replace(Path(task.tmp_dir), final)
     dir_fd = os.open(out, os.O_RDONLY)
     try:   # persist the renames before the manifest can point at them
         os.fsync(dir_fd)

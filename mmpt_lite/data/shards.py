@@ -1,12 +1,11 @@
-"""Sharded, mmap-able storage of decoded video frames, captions and features: layout, readers, verification,
-and the parsing of the corpus inputs (video list, caption files) that the writer in ``shard_build.py`` uses.
-``docs/shards.md`` documents the format and the measurements behind it.
+"""Sharded, mmap-able storage of decoded video frames and captions: layout, readers, verification. The writer is
+``shard_build.py``; ``docs/shards.md`` documents the format and the measurements behind it.
 
 Layout of an output folder::
 
     manifest.json               the only entry point: storage parameters + one entry per finished shard
                                 (file paths, byte sizes, sha256, video/frame/caption counts, skipped inputs)
-    shard_00000/                video mode: one folder per shard, published with a single rename
+    shard_00000/                one folder per shard, published with a single rename
         data.bin                frames: JPEG files / raw uint8 HxWx3 / one short-GOP mp4 per video, back to back
         byte_offsets.npy        int64 [F+1] per-frame byte offsets into data.bin (h264: [V+1] per video)
         video_starts.npy        int64 [V+1] frame range of video i = [starts[i], starts[i+1])
@@ -16,8 +15,6 @@ Layout of an output folder::
         caption_times.npy       float32 [C, 2] (start, end) seconds, sorted by start within a video
         caption_text.bin        UTF-8 caption texts back to back
         caption_text_offsets.npy  int64 [C+1]
-    {split}_{k}_data.npy        feature mode (VideoCLIP layout): fp16 [sum n_sec, D]
-    {split}_{k}_starts.npy      int64 [V+1]; plus {split}_{k}_video_ids.npy and the caption arrays as above
 
 All offset arrays follow VideoCLIP's scheme: ``starts[0] = 0``, ``starts[-1] = len``, item i is
 ``data[starts[i]:starts[i+1]]``. Readers never list folders: a shard exists once the manifest names it.
@@ -25,17 +22,13 @@ All offset arrays follow VideoCLIP's scheme: ``starts[0] = 0``, ``starts[-1] = l
 
 from __future__ import annotations
 
-import csv
 import io
 import json
-import math
 import mmap
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import simplejpeg
 
 from mmpt_lite.data.video import read_clip, resize_rgb
@@ -279,7 +272,7 @@ class _ViewReader(io.RawIOBase):
 
 
 class ShardedCaptionStore(_ShardIndex):
-    """Caption tables of sharded videos (video or feature shards)."""
+    """Caption tables of sharded videos."""
 
     def get(self, video_id: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(starts float32 [n], ends float32 [n], texts) of ``video_id``, sorted by start time."""
@@ -290,129 +283,3 @@ class ShardedCaptionStore(_ShardIndex):
         text = self._handle(pos, "caption_text")
         texts = [bytes(text[int(a):int(b)]).decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
         return times[:, 0].copy(), times[:, 1].copy(), texts
-
-
-class ShardedFeatureStore(_ShardIndex):
-    """Per-second feature arrays from feature shards (VideoCLIP layout)."""
-
-    def __init__(self, root: str | Path):
-        super().__init__(root)
-        if self.manifest.get("mode") != "features":
-            raise ValueError(f"{self.root}: holds {self.manifest.get('mode')} shards, not features")
-
-    def get(self, video_id: str) -> np.ndarray:
-        """fp16 ``[n_sec, D]`` features of ``video_id`` (a copy, not a view of the mmap)."""
-        pos, i = self._locate(video_id)
-        first, stop = self._range(pos, "starts", i)
-        return np.array(self._handle(pos, "data")[first:stop])
-
-
-# --- Corpus inputs the writer (shard_build.py) reads: the video list and the caption files ---------------
-
-CAPTION_COLUMNS = ("start", "end", "text")
-
-
-@dataclass(frozen=True)
-class CorpusItem:
-    video_id: str
-    video_path: str | None = None      # video mode
-    caption_path: str | None = None
-    feature_path: str | None = None    # feature mode
-
-
-@dataclass(frozen=True)
-class Skip:
-    kind: str          # video | captions | features | caption_row | video_list | orphan_captions
-    video_id: str
-    file: str
-    line: int | None
-    reason: str
-
-
-class CaptionError(ValueError):
-    def __init__(self, path, reason: str):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: {reason}")
-
-
-def read_caption_file(path: str | Path) -> tuple[np.ndarray, list[str], list[tuple[int, str]]]:
-    """Parse a ``start,end,text`` CSV: (times float32 [n, 2] sorted by start, texts, dropped (line, reason)).
-
-    Rows with a non-numeric or non-finite time or ``end < start`` are dropped and returned; a file with no
-    usable row, a missing column or no content raises CaptionError.
-    """
-    try:
-        content = Path(path).read_bytes().decode("utf-8-sig", errors="replace")
-    except FileNotFoundError:
-        raise CaptionError(path, "caption file not found") from None
-    except OSError as err:
-        raise CaptionError(path, f"unreadable caption file ({err})") from err
-    if not content.strip():
-        raise CaptionError(path, "empty caption file")
-    reader = csv.DictReader(io.StringIO(content))
-    missing = [c for c in CAPTION_COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise CaptionError(path, f"missing column(s) {', '.join(missing)} (header: {reader.fieldnames})")
-    rows, dropped = [], []
-    for row in reader:
-        try:
-            start, end = float(row["start"]), float(row["end"])
-        except (TypeError, ValueError):
-            dropped.append((reader.line_num, f"non-numeric time (start={row['start']!r}, end={row['end']!r})"))
-            continue
-        if not (math.isfinite(start) and math.isfinite(end)):
-            dropped.append((reader.line_num, f"non-finite time (start={start}, end={end})"))
-        elif end < start:
-            dropped.append((reader.line_num, f"end {end} < start {start}"))
-        else:
-            rows.append((start, end, row["text"] or ""))
-    if not rows:
-        detail = f"; {len(dropped)} invalid, first at line {dropped[0][0]}: {dropped[0][1]}" if dropped else ""
-        raise CaptionError(path, f"no valid caption rows{detail}")
-    rows.sort(key=lambda r: r[0])
-    return np.array([r[:2] for r in rows], np.float32), [r[2] for r in rows], dropped
-
-
-def read_video_list(csv_path: str | Path, video_root: str | Path | None = None,
-                    caption_root: str | Path | None = None) -> tuple[list[CorpusItem], list[Skip]]:
-    """HowTo100M list (column ``video_path``; id = file name without extension) -> items + list problems.
-
-    Also reports caption files in ``caption_root`` that belong to no listed video.
-    """
-    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    if "video_path" not in table.columns:
-        raise ValueError(f"{csv_path}: no 'video_path' column (columns: {list(table.columns)})")
-    items, skips, seen = [], [], set()
-    for line, rel in enumerate(table["video_path"], start=2):   # line 1 is the header
-        rel = rel.strip()
-        video_id = Path(rel).stem
-        if not rel:
-            skips.append(Skip("video_list", "", str(csv_path), line, "empty video_path"))
-        elif video_id in seen:
-            skips.append(Skip("video_list", video_id, str(csv_path), line, "duplicate video id"))
-        else:
-            seen.add(video_id)
-            captions = str(Path(caption_root) / f"{video_id}.csv") if caption_root else None
-            items.append(CorpusItem(video_id, str(Path(video_root or "") / rel), captions))
-    return items, skips + _orphan_captions(caption_root, seen)
-
-
-def _orphan_captions(caption_root, video_ids: set[str]) -> list[Skip]:
-    if not caption_root:
-        return []
-    return [Skip("orphan_captions", p.stem, str(p), None, "caption file with no video in the list")
-            for p in sorted(Path(caption_root).glob("*.csv")) if p.stem not in video_ids]
-
-
-def read_feature_list(features_dir: str | Path, csv_path: str | Path | None = None,
-                      caption_root: str | Path | None = None) -> tuple[list[CorpusItem], list[Skip]]:
-    """Feature mode items: the videos of ``csv_path`` (or every ``*.npy`` in ``features_dir``, sorted)."""
-    if csv_path is not None:
-        listed, skips = read_video_list(csv_path, None, caption_root)
-        ids = [item.video_id for item in listed]
-    else:
-        ids = sorted(p.stem for p in Path(features_dir).glob("*.npy"))
-        skips = _orphan_captions(caption_root, set(ids))
-    items = [CorpusItem(v, None, str(Path(caption_root) / f"{v}.csv") if caption_root else None,
-                        str(Path(features_dir) / f"{v}.npy")) for v in ids]
-    return items, skips

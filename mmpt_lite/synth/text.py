@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmpt_lite.data.synthetic_render import Look
+from mmpt_lite.synth.render import Look
 
 SHAPE_WORDS = {
     "circle": ("circle", "ball", "disc"), "square": ("square", "box", "block"), "triangle": ("triangle",),

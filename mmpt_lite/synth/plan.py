@@ -16,8 +16,8 @@ import numbers
 
 import numpy as np
 
-from mmpt_lite.data import synthetic_text as text
-from mmpt_lite.data.synthetic_render import (
+from mmpt_lite.synth import text
+from mmpt_lite.synth.render import (
     ACTIONS,
     COLOURS,
     SHAPES,
@@ -31,7 +31,7 @@ from mmpt_lite.data.synthetic_render import (
     plan_motion,
 )
 
-GENERATOR_VERSION = 2  # 2: the default preset has 600 training videos (1: 200)
+GENERATOR_VERSION = 2
 WIDTH, HEIGHT = 320, 240
 
 

@@ -1,4 +1,4 @@
-"""Drawing and encoding for the how2-synth corpus (``synthetic.py`` describes the corpus itself).
+"""Drawing and encoding for the how2-synth corpus (``corpus.py`` describes the corpus itself).
 
 Everything visual lives here: the object vocabulary (shapes, colours, textures), what each action
 looks like over time (:func:`plan_motion`), backgrounds with clutter, and the ffmpeg encoders.

@@ -8,12 +8,13 @@ json) and a fine-grained MSR-VTT-format set of caption pairs that differ only in
 Some (shape, action) and (colour, shape) combinations never occur in training; the evaluation sets
 contain both seen and held-out combinations. docs/data.md documents the layout.
 
-Modules: ``synthetic_plan`` decides what goes where, ``synthetic_text`` words it,
-``synthetic_render`` draws and encodes it; this one writes the corpus. Determinism: plans are
+Modules: ``plan`` decides what goes where, ``text`` words it,
+``render`` draws and encodes it; this one writes the corpus. Determinism: plans are
 seeded per video and frames are encoded by single-threaded bitexact ffmpeg, so the same
 (seed, size) gives the same bytes on the same ffmpeg build, whatever the number of workers.
 Atomicity: the corpus is built in ``<out>.tmp-<pid>`` and renamed into place with ``manifest.json``
-(sha256 of every file) inside, so a folder with a manifest is complete.
+(sha256 of every file) inside, so a folder with a manifest is complete. ``actions.tsv``, the captions'
+action lexicon, is outside the manifest: it depends on the code only, so a corpus made without it gets it.
 """
 
 from __future__ import annotations
@@ -29,10 +30,25 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from mmpt_lite.data.synthetic_plan import GENERATOR_VERSION, SIZES, TRAIN_HUES, CorpusPlan, plan_corpus
-from mmpt_lite.data.synthetic_render import VideoSpec, ffmpeg_binary, render_video
+from mmpt_lite.fileio import atomic_write_text
+from mmpt_lite.synth.plan import GENERATOR_VERSION, SIZES, TRAIN_HUES, CorpusPlan, plan_corpus
+from mmpt_lite.synth.render import VideoSpec, ffmpeg_binary, render_video
+from mmpt_lite.synth.text import DESCRIBE, INSTRUCT
 
-__all__ = ["GENERATOR_VERSION", "SIZES", "TRAIN_HUES", "generate_corpus", "plan_corpus"]
+__all__ = ["GENERATOR_VERSION", "LEXICON_FILE", "SIZES", "TRAIN_HUES", "generate_corpus", "plan_corpus",
+           "write_lexicon"]
+
+LEXICON_FILE = "actions.tsv"
+
+
+def write_lexicon(root: str | Path) -> Path:
+    """Write ``<root>/actions.tsv`` unless present: per action, its description then instruction
+    phrasings (``text.DESCRIBE`` / ``INSTRUCT``), one line ``action<TAB>phrase | phrase ...``."""
+    path = Path(root) / LEXICON_FILE
+    if not path.is_file():
+        lines = [f"{action}\t{' | '.join([*DESCRIBE[action], *INSTRUCT[action]])}\n" for action in DESCRIBE]
+        atomic_write_text(path, "# how2-synth actions: description and instruction phrasings\n" + "".join(lines))
+    return path
 
 
 def _render_all(specs: list[VideoSpec], root: Path, workers: int) -> list[tuple[str, str, int]]:
@@ -132,6 +148,7 @@ def generate_corpus(out_dir: str | Path, seed: int = 0, size: str = "default", w
     seed = plan.seed
     manifest = _existing_corpus(out, plan)
     if manifest is not None:
+        write_lexicon(out)
         return _summary(out, manifest, time.monotonic() - began, reused=True)
     ffmpeg_version = _ffmpeg_version()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,11 +173,13 @@ def generate_corpus(out_dir: str | Path, seed: int = 0, size: str = "default", w
             "files": {rel: {"sha256": digest, "bytes": n} for rel, (digest, n) in sorted(files.items())},
         }
         (build / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        write_lexicon(build)
         try:
             os.rename(build, out)  # atomic; replaces `out` only if it is an empty folder
         except OSError:
             if _existing_corpus(out, plan) is None:  # a concurrent run did not finish it either
                 raise
+            write_lexicon(out)
             shutil.rmtree(build)
             return _summary(out, manifest, time.monotonic() - began, reused=True)
     except BaseException:

@@ -1,0 +1,1 @@
+"""how2-synth, the embedded synthetic corpus (``corpus.py``); imports nothing of mmpt_lite but ``fileio``."""
