@@ -92,21 +92,6 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-def find_step_folder(path: str | os.PathLike) -> Path | None:
-    """The step folder for a step folder, a run folder, its ``checkpoints/`` folder or a model.safetensors;
-    None when ``path`` is none of these (e.g. a foreign weights file)."""
-    path = Path(path)
-    if path.is_file() and path.name == "model.safetensors":
-        path = path.parent
-    for pointer in (path / "checkpoints" / "latest", path / "latest"):
-        if pointer.is_file():
-            target = _pointer_target(pointer)
-            if not (target / "model.safetensors").is_file():
-                raise CheckpointFormatError(f"{pointer} names {target}, which holds no model.safetensors")
-            return target
-    return path if (path / "model.safetensors").is_file() else None
-
-
 def check_step_folder(folder: Path) -> dict:
     """meta.json of a complete mmpt_lite step folder; CheckpointFormatError naming what is missing otherwise."""
     meta_path = folder / "meta.json"
@@ -124,17 +109,23 @@ def check_step_folder(folder: Path) -> dict:
 
 
 def resolve_run_checkpoint(path: str | os.PathLike) -> Path:
-    """The checked step folder of a run folder, its ``checkpoints/`` folder, a step folder or a model.safetensors.
+    """The checked step folder of a run folder, its ``checkpoints/`` folder, a step folder or its model.safetensors.
 
-    Raises FileNotFoundError or CheckpointFormatError, one line naming ``path``.
+    Raises FileNotFoundError or CheckpointFormatError, one line naming the path.
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    folder = find_step_folder(path)
-    if folder is None:
-        raise CheckpointFormatError(f"{path}: not an mmpt_lite run or checkpoint folder (no model.safetensors "
-                                    "or checkpoints/latest pointer)")
+    folder = path.parent if path.is_file() and path.name == "model.safetensors" else path
+    for pointer in (folder / "checkpoints" / "latest", folder / "latest"):
+        if pointer.is_file():
+            folder = _pointer_target(pointer)
+            if not (folder / "model.safetensors").is_file():
+                raise CheckpointFormatError(f"{pointer} names {folder}, which holds no model.safetensors")
+            break
+    else:
+        if not (folder / "model.safetensors").is_file():
+            raise CheckpointFormatError(f"{path}: a folder without model.safetensors or a checkpoints/latest pointer")
     check_step_folder(folder)
     return folder
 

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from mmpt_lite.checkpoint import FORMAT as MMPT_FORMAT
-from mmpt_lite.checkpoint import CheckpointFormatError, check_step_folder, find_step_folder
+from mmpt_lite.checkpoint import CheckpointFormatError, resolve_run_checkpoint
 from mmpt_lite.config import ModelConfig, RunConfig, TextTowerConfig, VideoTowerConfig, load_config, resolve_path
 from mmpt_lite.evaluation.cache import cache_key
 from mmpt_lite.fileio import file_sha256
@@ -81,12 +81,9 @@ def detect_checkpoint(path: str | Path) -> CheckpointSource:
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    folder = find_step_folder(path)
-    if folder is not None:
-        check_step_folder(folder)
+    if path.is_dir() or path.name == "model.safetensors":
+        folder = resolve_run_checkpoint(path)
         return CheckpointSource(MMPT_FORMAT, folder / "model.safetensors", folder=folder)
-    if path.is_dir():
-        raise CheckpointFormatError(f"{path}: a folder without model.safetensors or a checkpoints/latest pointer")
     if path.suffix == ".safetensors":
         raise CheckpointFormatError(f"{path}: a safetensors file outside an mmpt_lite checkpoint folder "
                                     "(config.yaml and meta.json are needed beside it)")

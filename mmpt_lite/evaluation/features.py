@@ -17,7 +17,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from mmpt_lite.config import EvalConfig
 from mmpt_lite.data.video import SpatialTransform, probe_video, read_all_frames, read_clip
 from mmpt_lite.evaluation.cache import cache_key
 from mmpt_lite.evaluation.runtime import EvalRuntime
@@ -40,10 +39,6 @@ class RetrievalProtocol:
     fps: float = 5.0
     video_size: int = 224
 
-    @classmethod
-    def from_eval_config(cls, e: EvalConfig) -> RetrievalProtocol:
-        return cls(e.num_windows_test, e.num_frames, e.fps, e.video_size)
-
 
 @dataclass(frozen=True)
 class ProbeProtocol:
@@ -58,10 +53,6 @@ class ProbeProtocol:
     num_frames: int = 16
     video_size: int = 224
     fps: float = 0.0
-
-    @classmethod
-    def from_eval_config(cls, e: EvalConfig) -> ProbeProtocol:
-        return cls(e.num_windows_test, e.num_frames, e.video_size, e.hmdb_fps)
 
 
 @dataclass(frozen=True)

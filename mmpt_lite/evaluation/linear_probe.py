@@ -206,25 +206,6 @@ def _split_files_hash(split_dir: Path) -> str:
     return cache_key({p.name: file_sha256(p) for p in sorted(split_dir.glob("*_test_split*.txt"))})
 
 
-def hmdb_features(model: torch.nn.Module, splits: HmdbSplits, video_root: Path, split_dir: Path,
-                  protocol: ProbeProtocol, runtime: EvalRuntime,
-                  checkpoint_id: str | None = None) -> tuple[WindowFeatures, bool]:
-    """Pooled window features [V, W, D] of every split video, from the cache when possible.
-
-    Returns (features, whether they came from the cache). The model must be on the device, in eval mode,
-    under no_grad.
-    """
-    requests = [VideoRequest(v, str(video_root / v)) for v in splits.videos]
-    key_parts = None
-    if checkpoint_id is not None:
-        key_parts = {"task": "hmdb", "checkpoint": checkpoint_id, "protocol": asdict(protocol),
-                     "splits": _split_files_hash(split_dir), "videos": splits.videos,
-                     "fingerprint": files_fingerprint([Path(r.path) for r in requests])}
-    decode = functools.partial(decode_probe_windows, protocol=protocol)
-    return cached_window_features(model, requests, decode, output="probe", runtime=runtime, key_parts=key_parts,
-                                  desc="hmdb videos")
-
-
 def probe_all_splits(features: WindowFeatures, splits: HmdbSplits, *, c: float = DEFAULT_C,
                      c_grid: list[float] | None = None, max_iter: int = DEFAULT_MAX_ITER, seed: int = 0) -> dict:
     """Top-1 per split and their mean: {"splits": {k: probe_split(...)}, "top1_mean": float}."""
@@ -258,8 +239,9 @@ class HmdbProbe(Evaluator):
         super().__init__(protocol, video_root, list_path)
 
     @classmethod
-    def protocol_from_config(cls, eval_cfg: EvalConfig | None) -> ProbeProtocol:
-        return ProbeProtocol() if eval_cfg is None else ProbeProtocol.from_eval_config(eval_cfg)
+    def protocol_from_config(cls, e: EvalConfig | None) -> ProbeProtocol:
+        return ProbeProtocol() if e is None else ProbeProtocol(e.num_windows_test, e.num_frames, e.video_size,
+                                                               e.hmdb_fps)
 
     @classmethod
     def add_arguments(cls, parser) -> None:
@@ -275,13 +257,22 @@ class HmdbProbe(Evaluator):
         return read_hmdb_splits(self.list_path, self.splits)
 
     @in_eval_mode
-    def _features(self, model: torch.nn.Module, runtime: EvalRuntime, checkpoint_id: str | None):
-        return hmdb_features(model, self.dataset, self.video_root, self.list_path, self.protocol, runtime,
-                             checkpoint_id)
+    def features(self, model: torch.nn.Module, runtime: EvalRuntime,
+                 checkpoint_id: str | None = None) -> tuple[WindowFeatures, bool]:
+        """Pooled window features [V, W, D] of every split video and whether they came from the cache."""
+        requests = [VideoRequest(v, str(self.video_root / v)) for v in self.dataset.videos]
+        key_parts = None
+        if checkpoint_id is not None:
+            key_parts = {"task": "hmdb", "checkpoint": checkpoint_id, "protocol": asdict(self.protocol),
+                         "splits": _split_files_hash(self.list_path), "videos": self.dataset.videos,
+                         "fingerprint": files_fingerprint([Path(r.path) for r in requests])}
+        decode = functools.partial(decode_probe_windows, protocol=self.protocol)
+        return cached_window_features(model, requests, decode, output="probe", runtime=runtime,
+                                      key_parts=key_parts, desc="hmdb videos")
 
     def evaluate(self, model: torch.nn.Module, runtime: EvalRuntime, checkpoint_id: str | None = None):
         splits = self.dataset
-        features, cached = self._features(model, runtime, checkpoint_id)
+        features, cached = self.features(model, runtime, checkpoint_id)
         probe = probe_all_splits(features, splits, c=self.svm_c[0],
                                  c_grid=self.svm_c if len(self.svm_c) > 1 else None)
         curves, split_records = {}, {}

@@ -92,33 +92,6 @@ class RetrievalResult:
                 "missing": self.missing, "unreadable": self.unreadable}
 
 
-def run_retrieval(model: torch.nn.Module, dataset: RetrievalSet, protocol: RetrievalProtocol,
-                  runtime: EvalRuntime, *, checkpoint_id: str | None = None,
-                  csv_path: Path | None = None) -> RetrievalResult:
-    """Embed texts and videos with ``model`` (already on the device, eval mode, under no_grad) and score.
-
-    The feature cache is used only with a ``checkpoint_id`` (a model being trained has none).
-    """
-    key_parts = None
-    if checkpoint_id is not None:
-        key_parts = {"task": dataset.kind, "checkpoint": checkpoint_id, "protocol": asdict(protocol),
-                     "csv": file_sha256(csv_path) if csv_path else None,
-                     "videos": files_fingerprint([Path(r.path) for r in dataset.requests]),
-                     "requests": [(r.path, r.start, r.end) for r in dataset.requests]}
-    decode = functools.partial(decode_retrieval_windows, protocol=protocol)
-    found, cached = cached_window_features(model, dataset.requests, decode, output="video_embedding",
-                                           runtime=runtime, key_parts=key_parts, desc=f"{dataset.kind} videos")
-    texts = embed_texts(model, dataset.texts, device=runtime.device)
-    if not found.readable.any():  # no video embedding at all: every caption is a miss
-        scores = np.full((len(texts), len(texts)), -np.inf)
-    else:
-        scores = retrieval_scores(texts, found.features, found.readable)
-    ranks = ground_truth_ranks(scores)
-    missing = sorted({r.name for r in dataset.requests if not os.path.isfile(r.path)})
-    unreadable = {name: message for name, message in found.errors.items() if name not in missing}
-    return RetrievalResult(metrics_from_ranks(ranks), ranks, missing, unreadable, cached)
-
-
 class RetrievalEvaluator(Evaluator):
     """Zero-shot text-to-video retrieval: one caption per list row, scored against every row's video."""
 
@@ -126,14 +99,33 @@ class RetrievalEvaluator(Evaluator):
     consequence = "scored as misses"
 
     @classmethod
-    def protocol_from_config(cls, eval_cfg: EvalConfig | None) -> RetrievalProtocol:
-        return RetrievalProtocol() if eval_cfg is None else RetrievalProtocol.from_eval_config(eval_cfg)
+    def protocol_from_config(cls, e: EvalConfig | None) -> RetrievalProtocol:
+        return RetrievalProtocol() if e is None else RetrievalProtocol(e.num_windows_test, e.num_frames, e.fps,
+                                                                       e.video_size)
 
     @in_eval_mode
     def result(self, model: torch.nn.Module, runtime: EvalRuntime,
                checkpoint_id: str | None = None) -> RetrievalResult:
-        return run_retrieval(model, self.dataset, self.protocol, runtime, checkpoint_id=checkpoint_id,
-                             csv_path=self.list_path)
+        """Embed texts and videos with ``model`` (on ``runtime.device``) and score; the feature cache is used
+        only with a ``checkpoint_id`` (a model being trained has none)."""
+        dataset, key_parts = self.dataset, None
+        if checkpoint_id is not None:
+            key_parts = {"task": dataset.kind, "checkpoint": checkpoint_id, "protocol": asdict(self.protocol),
+                         "csv": file_sha256(self.list_path),
+                         "videos": files_fingerprint([Path(r.path) for r in dataset.requests]),
+                         "requests": [(r.path, r.start, r.end) for r in dataset.requests]}
+        decode = functools.partial(decode_retrieval_windows, protocol=self.protocol)
+        found, cached = cached_window_features(model, dataset.requests, decode, output="video_embedding",
+                                               runtime=runtime, key_parts=key_parts, desc=f"{dataset.kind} videos")
+        texts = embed_texts(model, dataset.texts, device=runtime.device)
+        if not found.readable.any():  # no video embedding at all: every caption is a miss
+            scores = np.full((len(texts), len(texts)), -np.inf)
+        else:
+            scores = retrieval_scores(texts, found.features, found.readable)
+        ranks = ground_truth_ranks(scores)
+        missing = sorted({r.name for r in dataset.requests if not os.path.isfile(r.path)})
+        unreadable = {name: message for name, message in found.errors.items() if name not in missing}
+        return RetrievalResult(metrics_from_ranks(ranks), ranks, missing, unreadable, cached)
 
     def run(self, model: torch.nn.Module, runtime: EvalRuntime) -> dict:
         """Metrics and problem counts (:meth:`RetrievalResult.summary`)."""
