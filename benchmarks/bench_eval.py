@@ -37,7 +37,7 @@ from mmpt_lite.evaluation.features import (
     extract_window_features,
 )
 from mmpt_lite.evaluation.windows import pad_or_trim, retrieval_window_starts
-from mmpt_lite.evaluation.zeroshot import read_retrieval_set
+from mmpt_lite.evaluation.zeroshot import MsrvttRetrieval
 from mmpt_lite.models.preprocess import VideoInput
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.eval_video_root) if args.eval_video_root else resolve_path(cfg.data.root) / "msrvtt"
     with tempfile.TemporaryDirectory() as scratch:
         if (root / "msrvtt_test.csv").is_file():
-            requests = read_retrieval_set("msrvtt", root / "msrvtt_test.csv", root).requests[: args.num_videos]
+            requests = MsrvttRetrieval(protocol, root).dataset.requests[: args.num_videos]
             source = str(root)
         else:
             requests, source = generated_videos(Path(scratch), args.num_videos), "generated 320x240 10-20 s clips"

@@ -10,6 +10,9 @@ and ``<output_dir>/checkpoints/latest``, a one-line text file naming the newest 
 
 A step folder is assembled under a temporary name and renamed into place; ``latest`` is replaced
 (temp + rename) only after that, so a crash at any moment leaves the previous checkpoint usable.
+
+Readers: resume (:func:`latest_checkpoint`, :func:`load_checkpoint`), evaluation and
+``model.video.init_from`` (:func:`resolve_run_checkpoint`: whatever path a user gives -> the step folder).
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from mmpt_lite.fileio import atomic_write_text, file_sha256
 
 FORMAT = "mmpt_lite"
 VERSION = 1
+
+
+class CheckpointFormatError(ValueError):
+    """The path is not a checkpoint this package can read; the one-line message names it and says why."""
 
 
 def checkpoint_root(output_dir: str | os.PathLike) -> Path:
@@ -69,26 +76,64 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return sorted(p for p in root.glob("step_*") if (p / "meta.json").is_file())
 
 
+def _pointer_target(pointer: Path) -> Path:
+    """The folder a ``latest`` file names (relative to the file's folder unless absolute)."""
+    return pointer.parent / pointer.read_text().strip()
+
+
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    root = checkpoint_root(output_dir)
-    pointer = root / "latest"
+    """The folder ``latest`` names, else the newest complete step folder (resume tolerates a stale pointer)."""
+    pointer = checkpoint_root(output_dir) / "latest"
     if pointer.is_file():
-        cand = root / pointer.read_text().strip()
+        cand = _pointer_target(pointer)
         if (cand / "meta.json").is_file():
             return cand
     found = list_checkpoints(output_dir)
     return found[-1] if found else None
 
 
+def check_step_folder(folder: Path) -> dict:
+    """meta.json of a complete mmpt_lite step folder; CheckpointFormatError naming what is missing otherwise."""
+    meta_path = folder / "meta.json"
+    for needed in (meta_path, folder / "config.yaml"):
+        if not needed.is_file():
+            raise CheckpointFormatError(f"{folder}: an mmpt_lite checkpoint folder needs {needed.name} beside "
+                                        "model.safetensors (the architecture is read from config.yaml)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointFormatError(f"{meta_path}: not valid JSON ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointFormatError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def resolve_run_checkpoint(path: str | os.PathLike) -> Path:
+    """The checked step folder of a run folder, its ``checkpoints/`` folder, a step folder or its model.safetensors.
+
+    Raises FileNotFoundError or CheckpointFormatError, one line naming the path.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    folder = path.parent if path.is_file() and path.name == "model.safetensors" else path
+    for pointer in (folder / "checkpoints" / "latest", folder / "latest"):
+        if pointer.is_file():
+            folder = _pointer_target(pointer)
+            if not (folder / "model.safetensors").is_file():
+                raise CheckpointFormatError(f"{pointer} names {folder}, which holds no model.safetensors")
+            break
+    else:
+        if not (folder / "model.safetensors").is_file():
+            raise CheckpointFormatError(f"{path}: a folder without model.safetensors or a checkpoints/latest pointer")
+    check_step_folder(folder)
+    return folder
+
+
 def load_checkpoint(path: str | os.PathLike, *, with_train_state: bool = True) -> dict[str, Any]:
     """Load a step folder: {"model": state dict, "train_state": ..., "meta": ..., "config_path": ...}."""
     path = Path(path)
-    meta_path = path / "meta.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{path}: not an mmpt_lite checkpoint folder (no meta.json)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
+    meta = check_step_folder(path)
     out = {"model": load_file(str(path / "model.safetensors")), "meta": meta, "config_path": path / "config.yaml"}
     if with_train_state:
         out["train_state"] = torch.load(path / "train_state.pt", map_location="cpu", weights_only=True)

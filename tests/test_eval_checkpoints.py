@@ -12,7 +12,7 @@ import torch
 from conftest import make_video
 from safetensors.torch import save_file
 
-from mmpt_lite.checkpoint import save_checkpoint
+from mmpt_lite.checkpoint import resolve_run_checkpoint, save_checkpoint
 from mmpt_lite.config import MaeConfig, ModelConfig, RunConfig, TextTowerConfig, VideoTowerConfig
 from mmpt_lite.evaluation import cli
 from mmpt_lite.evaluation.checkpoints import (
@@ -30,7 +30,7 @@ from mmpt_lite.models.build import build_model
 from mmpt_lite.models.mae import build_mae_pretrainer
 
 REPO = Path(__file__).resolve().parents[1]
-S3D_SHAPES = Path("/work/shared/reference/s3d_howto100m_state_dict.json")
+S3D_SHAPES = REPO / "tests" / "data" / "s3d_howto100m_state_dict.json"
 WORDS = ["a", "red", "blue", "green", "square", "circle", "moves", "spins"]
 
 
@@ -80,6 +80,7 @@ def test_mmpt_lite_checkpoint_is_found_from_run_step_and_weights_paths(mmpt_run)
     for path in (out, out / "checkpoints", step, step / "model.safetensors"):
         source = detect_checkpoint(path)
         assert source.kind == MMPT_FORMAT and source.folder == step
+        assert resolve_run_checkpoint(path) == step  # the reader resume and init_from use too
     assert source.sha256() == file_sha256(step / "model.safetensors")
 
 

@@ -1,20 +1,23 @@
 """Zero-shot retrieval: window placement, decoding, scoring, unreadable videos, the in-training API, the CLI."""
 
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_video
 
-from mmpt_lite.config import ModelConfig, TextTowerConfig, VideoTowerConfig
-from mmpt_lite.evaluation import cli
+from mmpt_lite.config import ModelConfig, RunConfig, TextTowerConfig, VideoTowerConfig
+from mmpt_lite.data.video import read_clip
+from mmpt_lite.evaluation import cli, features
 from mmpt_lite.evaluation.features import (
     RetrievalProtocol,
     VideoRequest,
     decode_retrieval_windows,
 )
+from mmpt_lite.evaluation.runtime import EvalRuntime
 from mmpt_lite.evaluation.windows import frame_window_starts, retrieval_window_starts
-from mmpt_lite.evaluation.zeroshot import evaluate_retrieval, read_retrieval_set, retrieval_scores
+from mmpt_lite.evaluation.zeroshot import MsrvttRetrieval, YoucookRetrieval, evaluate_retrieval, retrieval_scores
 from mmpt_lite.models.build import build_model
 from mmpt_lite.models.preprocess import VideoInput
 
@@ -101,7 +104,7 @@ def test_youcook_rows_are_segments(tmp_path):
     (tmp_path / "validation_youcook.csv").write_text(
         "end,start,task,text,video_id\n2,0,101,a red square,abc\n4,2,101,red spins,abc\n"
         "2,0,102,a blue square,def\n9,5,102,after the end,def\n3,1,103,missing,ghi\n")
-    dataset = read_retrieval_set("youcook", tmp_path / "validation_youcook.csv", tmp_path)
+    dataset = YoucookRetrieval(RetrievalProtocol(), tmp_path).dataset  # the default list name
     assert [(r.start, r.end) for r in dataset.requests][:2] == [(0.0, 2.0), (2.0, 4.0)]
     assert dataset.requests[4].path.endswith("validation/103/ghi.mp4")
     result = evaluate_retrieval(tiny_model(), tmp_path / "validation_youcook.csv", tmp_path, kind="youcook",
@@ -120,3 +123,27 @@ def test_cli_rejects_bad_flags_and_paths_with_status_2(msrvtt_root, tmp_path, ca
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 4 and all(line.startswith("eval_msrvtt.py: error:") for line in errors)
     assert "unknown checkpoint format" in errors[-1]
+
+
+def test_in_training_evaluation_is_the_evaluator_with_the_runs_protocol_and_decoder(msrvtt_root, monkeypatch):
+    cfg = RunConfig()
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, num_windows_test=2, num_frames=4, fps=5.0,
+                                                            video_size=32, batch_size=2),
+                              data=dataclasses.replace(cfg.data, decoder="ffmpeg"))
+    evaluator = MsrvttRetrieval.from_run_config(cfg, msrvtt_root)
+    runtime = EvalRuntime.for_training(cfg, "cpu")
+    assert evaluator.protocol == RetrievalProtocol(2, 4, 5.0, 32) and runtime.cache.root is None
+    backends = []
+
+    def recording_read_clip(*args, backend, **kwargs):
+        backends.append(backend)
+        return read_clip(*args, backend="pyav", **kwargs)
+
+    monkeypatch.setattr(features, "read_clip", recording_read_clip)
+    model = tiny_model().train()
+    result = evaluator.run(model, runtime)
+    assert model.training and set(backends) == {"ffmpeg"}  # data.decoder reaches the decoder; mode restored
+    assert result == evaluate_retrieval(model, msrvtt_root / "msrvtt_test.csv", msrvtt_root, kind="msrvtt",
+                                        num_windows=2, num_frames=4, fps=5.0, video_size=32, batch_size=2,
+                                        device="cpu")
+    assert cli.EVALUATORS == {"msrvtt": MsrvttRetrieval, "youcook": YoucookRetrieval, "hmdb": cli.HmdbProbe}

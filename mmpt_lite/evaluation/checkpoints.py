@@ -2,27 +2,27 @@
 
 Three formats are accepted, told apart by their structure rather than their file name:
 
-* ``mmpt_lite``: a step folder ``<output_dir>/checkpoints/step_<N>/`` with ``model.safetensors``,
-  ``config.yaml`` and ``meta.json`` (``"format": "mmpt_lite"``). The run folder (``latest`` pointer)
-  and the ``model.safetensors`` path are accepted too. The architecture comes from ``config.yaml``.
+* ``mmpt_lite``: a run, ``checkpoints/`` or step folder, or its ``model.safetensors``, read by
+  :mod:`mmpt_lite.checkpoint`. The architecture comes from ``config.yaml``.
 * ``s3d_official``: ``s3d_howto100m.pth``, a plain S3D state dict (space-to-depth stem, text module
   included) that needs the word dictionary ``s3d_dict.npy``.
 * ``milnce_repo``: a MIL-NCE training-repo file ``{epoch, state_dict ("module." names), optimizer,
   scheduler}``; same network without space-to-depth, same dictionary.
 
-Anything else raises :class:`CheckpointFormatError` saying what was found.
+Anything else raises :class:`~mmpt_lite.checkpoint.CheckpointFormatError` saying what was found.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from mmpt_lite.checkpoint import FORMAT as MMPT_FORMAT
+from mmpt_lite.checkpoint import CheckpointFormatError, resolve_run_checkpoint
 from mmpt_lite.config import ModelConfig, RunConfig, TextTowerConfig, VideoTowerConfig, load_config, resolve_path
 from mmpt_lite.evaluation.cache import cache_key
 from mmpt_lite.fileio import file_sha256
@@ -30,16 +30,11 @@ from mmpt_lite.models.build import VideoTextModel, build_model
 from mmpt_lite.models.s3d import uses_space_to_depth
 from mmpt_lite.models.text import load_word2vec, load_word_dictionary
 
-MMPT_FORMAT = "mmpt_lite"
 MMPT_MAE_FORMAT = "mmpt_lite_mae"  # a masked-pretraining run (train.task: mae): a video encoder only
 S3D_OFFICIAL = "s3d_official"
 MILNCE_REPO = "milnce_repo"
 # Entries every S3D checkpoint carries (official names): the stem conv, the video head, the text branch.
 S3D_SIGNATURE = ("conv1.conv1.weight", "fc.weight", "text_module.word_embd.weight")
-
-
-class CheckpointFormatError(ValueError):
-    """The path is not a checkpoint format this package can evaluate; the message says why."""
 
 
 @dataclass
@@ -60,34 +55,6 @@ class CheckpointSource:
 
     def sha256(self) -> str:
         return file_sha256(self.weights)
-
-
-def _resolve_mmpt_folder(path: Path) -> Path | None:
-    """The step folder for a step folder, a run folder, its ``checkpoints/`` folder or a model.safetensors."""
-    if path.is_file() and path.name == "model.safetensors":
-        path = path.parent
-    for pointer in (path / "checkpoints" / "latest", path / "latest"):
-        if pointer.is_file():
-            name = pointer.read_text().strip()
-            target = Path(name) if Path(name).is_absolute() else pointer.parent / name
-            if not (target / "model.safetensors").is_file():
-                raise CheckpointFormatError(f"{pointer} names {target}, which holds no model.safetensors")
-            return target
-    return path if (path / "model.safetensors").is_file() else None
-
-
-def _check_mmpt_folder(folder: Path) -> None:
-    meta_path = folder / "meta.json"
-    for needed in (meta_path, folder / "config.yaml"):
-        if not needed.is_file():
-            raise CheckpointFormatError(f"{folder}: an mmpt_lite checkpoint folder needs {needed.name} beside "
-                                        "model.safetensors (the architecture is read from config.yaml)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointFormatError(f"{meta_path}: not valid JSON ({exc})") from None
-    if meta.get("format") != MMPT_FORMAT:
-        raise CheckpointFormatError(f"{meta_path}: format is {meta.get('format')!r}, expected {MMPT_FORMAT!r}")
 
 
 def _s3d_kind(obj: object, path: Path) -> tuple[str, dict[str, torch.Tensor]]:
@@ -114,12 +81,9 @@ def detect_checkpoint(path: str | Path) -> CheckpointSource:
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    folder = _resolve_mmpt_folder(path)
-    if folder is not None:
-        _check_mmpt_folder(folder)
+    if path.is_dir() or path.name == "model.safetensors":
+        folder = resolve_run_checkpoint(path)
         return CheckpointSource(MMPT_FORMAT, folder / "model.safetensors", folder=folder)
-    if path.is_dir():
-        raise CheckpointFormatError(f"{path}: a folder without model.safetensors or a checkpoints/latest pointer")
     if path.suffix == ".safetensors":
         raise CheckpointFormatError(f"{path}: a safetensors file outside an mmpt_lite checkpoint folder "
                                     "(config.yaml and meta.json are needed beside it)")

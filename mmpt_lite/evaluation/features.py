@@ -8,6 +8,7 @@ so one broken file never ends a long evaluation and every broken file is reporte
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mmpt_lite.data.video import SpatialTransform, probe_video, read_all_frames, read_clip
-from mmpt_lite.evaluation.cache import FeatureCache
+from mmpt_lite.evaluation.cache import cache_key
+from mmpt_lite.evaluation.runtime import EvalRuntime
 from mmpt_lite.evaluation.windows import (
     cut_frame_windows,
     frame_window_starts,
@@ -68,7 +70,7 @@ def eval_transform(video_size: int) -> SpatialTransform:
     return SpatialTransform(short_side=video_size, crop_mode="none", square_center_crop_first=True)
 
 
-def decode_retrieval_windows(request: VideoRequest, protocol: RetrievalProtocol) -> np.ndarray:
+def decode_retrieval_windows(request: VideoRequest, protocol: RetrievalProtocol, backend: str = "pyav") -> np.ndarray:
     """uint8 [num_windows, num_frames, S, S, 3]: each window decoded on its own at ``fps``, zero-padded.
 
     Raises ValueError when no window yields a single frame (e.g. a segment past the end of the file):
@@ -81,7 +83,7 @@ def decode_retrieval_windows(request: VideoRequest, protocol: RetrievalProtocol)
     for window_start in starts:
         clip_start, clip_end = retrieval_window_span(float(window_start), protocol.num_frames, protocol.fps)
         clip = read_clip(request.path, clip_start, clip_end, num_frames=protocol.num_frames, fps=protocol.fps,
-                         transform=transform, pad=False)
+                         transform=transform, pad=False, backend=backend)
         decoded += len(clip)
         if len(clip) == 0:
             clip = np.zeros((0, protocol.video_size, protocol.video_size, 3), np.uint8)
@@ -91,10 +93,11 @@ def decode_retrieval_windows(request: VideoRequest, protocol: RetrievalProtocol)
     return np.stack(windows)
 
 
-def decode_probe_windows(request: VideoRequest, protocol: ProbeProtocol) -> np.ndarray:
+def decode_probe_windows(request: VideoRequest, protocol: ProbeProtocol, backend: str = "pyav") -> np.ndarray:
     """uint8 [num_windows, num_frames, S, S, 3]: contiguous frames (native rate, or ``protocol.fps``) at
     linspace(0, T - num_frames)."""
-    frames = read_all_frames(request.path, fps=protocol.fps or None, transform=eval_transform(protocol.video_size))
+    frames = read_all_frames(request.path, fps=protocol.fps or None, transform=eval_transform(protocol.video_size),
+                             backend=backend)
     if len(frames) == 0:
         raise ValueError(f"{request.path}: no frames decoded")
     starts = frame_window_starts(len(frames), protocol.num_frames, protocol.num_windows)
@@ -132,22 +135,6 @@ class WindowFeatures:
     features: np.ndarray
     readable: np.ndarray
     errors: dict[str, str]
-
-
-def cached_window_features(cache: FeatureCache | None, key: str | None,
-                           compute: Callable[[], WindowFeatures]) -> tuple[WindowFeatures, bool]:
-    """``compute()`` unless ``cache`` holds ``key``; returns (features, whether they came from the cache)."""
-    if cache is not None and key is not None:
-        hit = cache.load(key)
-        if hit is not None:
-            errors = dict(zip(hit["error_names"].tolist(), hit["error_messages"].tolist(), strict=True))
-            return WindowFeatures(hit["features"], hit["readable"], errors), True
-    found = compute()
-    if cache is not None and key is not None:
-        cache.save(key, {"features": found.features, "readable": found.readable,
-                         "error_names": np.array(list(found.errors), dtype=str),
-                         "error_messages": np.array(list(found.errors.values()), dtype=str)})
-    return found, False
 
 
 def probe_feature(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -204,3 +191,29 @@ def embed_texts(model: torch.nn.Module, texts: Sequence[str], *, device: torch.d
         tokens = {name: ids.to(device) for name, ids in tokens.items()}
         chunks.append(model(text=tokens)["text_embedding"].float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+def cached_window_features(model: torch.nn.Module, requests: Sequence[VideoRequest],
+                           decode: Callable[[VideoRequest], np.ndarray], *, output: str, runtime: EvalRuntime,
+                           key_parts: dict | None, desc: str) -> tuple[WindowFeatures, bool]:
+    """:func:`extract_window_features` unless ``runtime.cache`` holds the features ``key_parts`` determine.
+
+    ``key_parts`` None (a model without a checkpoint id, e.g. one being trained) bypasses the cache.
+    Returns (features, whether they came from the cache).
+    """
+    cache, key = runtime.cache, None
+    if key_parts is not None:
+        # pyav, the default, stays out of the key: caches of pyav-decoded features keep their keys.
+        key = cache_key(key_parts if runtime.decoder == "pyav" else {**key_parts, "decoder": runtime.decoder})
+        hit = cache.load(key)
+        if hit is not None:
+            errors = dict(zip(hit["error_names"].tolist(), hit["error_messages"].tolist(), strict=True))
+            return WindowFeatures(hit["features"], hit["readable"], errors), True
+    found = extract_window_features(model, requests, functools.partial(decode, backend=runtime.decoder),
+                                    output=output, batch_size=runtime.batch_size, num_workers=runtime.num_workers,
+                                    device=runtime.device, progress=runtime.progress, desc=desc)
+    if key is not None:
+        cache.save(key, {"features": found.features, "readable": found.readable,
+                         "error_names": np.array(list(found.errors), dtype=str),
+                         "error_messages": np.array(list(found.errors.values()), dtype=str)})
+    return found, False

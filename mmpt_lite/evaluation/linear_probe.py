@@ -16,15 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmpt_lite.evaluation.cache import FeatureCache, cache_key, files_fingerprint
+from mmpt_lite.config import EvalConfig
+from mmpt_lite.evaluation.cache import cache_key, files_fingerprint
 from mmpt_lite.evaluation.features import (
     ProbeProtocol,
     VideoRequest,
     WindowFeatures,
     cached_window_features,
     decode_probe_windows,
-    extract_window_features,
 )
+from mmpt_lite.evaluation.runtime import EvalRuntime, Evaluator, in_eval_mode
 from mmpt_lite.fileio import file_sha256
 
 SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<split>\d+)\.txt$")
@@ -205,27 +206,6 @@ def _split_files_hash(split_dir: Path) -> str:
     return cache_key({p.name: file_sha256(p) for p in sorted(split_dir.glob("*_test_split*.txt"))})
 
 
-def hmdb_features(model: torch.nn.Module, splits: HmdbSplits, video_root: Path, split_dir: Path,
-                  protocol: ProbeProtocol, *, batch_size: int, num_workers: int, device: torch.device,
-                  progress: bool = False, cache: FeatureCache | None = None,
-                  checkpoint_id: str | None = None) -> tuple[WindowFeatures, bool]:
-    """Pooled window features [V, W, D] of every split video, from the cache when possible.
-
-    Returns (features, whether they came from the cache). The model must be on ``device``, in eval mode,
-    under no_grad.
-    """
-    requests = [VideoRequest(v, str(video_root / v)) for v in splits.videos]
-    key = None
-    if cache is not None and checkpoint_id is not None:
-        key = cache_key({"task": "hmdb", "checkpoint": checkpoint_id, "protocol": asdict(protocol),
-                         "splits": _split_files_hash(split_dir), "videos": splits.videos,
-                         "fingerprint": files_fingerprint([Path(r.path) for r in requests])})
-    decode = functools.partial(decode_probe_windows, protocol=protocol)
-    return cached_window_features(cache, key, lambda: extract_window_features(
-        model, requests, decode, output="probe", batch_size=batch_size, num_workers=num_workers,
-        device=device, progress=progress, desc="hmdb videos"))
-
-
 def probe_all_splits(features: WindowFeatures, splits: HmdbSplits, *, c: float = DEFAULT_C,
                      c_grid: list[float] | None = None, max_iter: int = DEFAULT_MAX_ITER, seed: int = 0) -> dict:
     """Top-1 per split and their mean: {"splits": {k: probe_split(...)}, "top1_mean": float}."""
@@ -236,3 +216,78 @@ def probe_all_splits(features: WindowFeatures, splits: HmdbSplits, *, c: float =
                                 seed=seed)
                  for k in splits.train}
     return {"splits": per_split, "top1_mean": float(np.mean([r["top1"] for r in per_split.values()]))}
+
+
+class HmdbProbe(Evaluator):
+    """HMDB-51 linear probe over the official split files; ``svm_c``: one C, or several chosen per split."""
+
+    name = "hmdb"
+    title = "HMDB-51 linear probe (LinearSVC on pooled window features), top-1"
+    synthetic_folder = "hmdb51"
+    default_list = "testTrainMulti_7030_splits"
+    list_is_folder = True
+    needs_text = False
+    # HMDB windows are contiguous frames of the whole video, by default at its native rate
+    fps_help = ("resample the video to this rate first (default: the run config's eval.hmdb_fps; 0 = native "
+                "rate, the published protocol)")
+    ylabel = "top-K accuracy"
+    consequence = "left out of SVM training, wrong at test"
+
+    def __init__(self, protocol: ProbeProtocol, video_root: str | Path, list_path: str | Path | None = None, *,
+                 splits: tuple[int, ...] = (1, 2, 3), svm_c: list[float] | None = None):
+        self.splits, self.svm_c = tuple(splits), list(svm_c or [DEFAULT_C])
+        super().__init__(protocol, video_root, list_path)
+
+    @classmethod
+    def protocol_from_config(cls, e: EvalConfig | None) -> ProbeProtocol:
+        return ProbeProtocol() if e is None else ProbeProtocol(e.num_windows_test, e.num_frames, e.video_size,
+                                                               e.hmdb_fps)
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        parser.add_argument("--svm_c", type=float, nargs="+", help=f"LinearSVC C (default {DEFAULT_C:g}); "
+                            "several values: chosen per split on a held-out 20%% of the training videos")
+        parser.add_argument("--splits", type=int, nargs="+", default=[1, 2, 3], help="official splits to run")
+
+    @classmethod
+    def options(cls, args) -> dict:
+        return {"splits": tuple(args.splits), "svm_c": args.svm_c}
+
+    def read(self) -> HmdbSplits:
+        return read_hmdb_splits(self.list_path, self.splits)
+
+    @in_eval_mode
+    def features(self, model: torch.nn.Module, runtime: EvalRuntime,
+                 checkpoint_id: str | None = None) -> tuple[WindowFeatures, bool]:
+        """Pooled window features [V, W, D] of every split video and whether they came from the cache."""
+        requests = [VideoRequest(v, str(self.video_root / v)) for v in self.dataset.videos]
+        key_parts = None
+        if checkpoint_id is not None:
+            key_parts = {"task": "hmdb", "checkpoint": checkpoint_id, "protocol": asdict(self.protocol),
+                         "splits": _split_files_hash(self.list_path), "videos": self.dataset.videos,
+                         "fingerprint": files_fingerprint([Path(r.path) for r in requests])}
+        decode = functools.partial(decode_probe_windows, protocol=self.protocol)
+        return cached_window_features(model, requests, decode, output="probe", runtime=runtime,
+                                      key_parts=key_parts, desc="hmdb videos")
+
+    def evaluate(self, model: torch.nn.Module, runtime: EvalRuntime, checkpoint_id: str | None = None):
+        splits = self.dataset
+        features, cached = self.features(model, runtime, checkpoint_id)
+        probe = probe_all_splits(features, splits, c=self.svm_c[0],
+                                 c_grid=self.svm_c if len(self.svm_c) > 1 else None)
+        curves, split_records = {}, {}
+        for k, r in probe["splits"].items():
+            curves[f", split {k}"] = topk_accuracy_curve(r["scores"], splits.labels[splits.test[k]])
+            split_records[k] = {key: v for key, v in r.items() if key != "scores"}
+        row = {**{f"split{k}": 100 * r["top1"] for k, r in probe["splits"].items()},
+               "mean": 100 * probe["top1_mean"]}
+        record = {"top1_mean": 100 * probe["top1_mean"], "splits": split_records, "num_videos": len(splits.videos),
+                  "num_classes": len(splits.classes), "num_unreadable": len(features.errors),
+                  "unreadable": features.errors, "from_cache": cached}
+        return record, row, curves
+
+    def columns(self) -> list[str]:
+        return [f"split{k}" for k in self.splits] + ["mean"]
+
+    def heading(self, records: dict[str, dict]) -> str:
+        return f"{self.title} (%), {len(self.splits)} split(s)"

@@ -17,24 +17,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmpt_lite.evaluation.cache import FeatureCache, cache_key, files_fingerprint
+from mmpt_lite.config import EvalConfig
+from mmpt_lite.evaluation.cache import files_fingerprint
 from mmpt_lite.evaluation.features import (
     RetrievalProtocol,
     VideoRequest,
-    WindowFeatures,
     cached_window_features,
     decode_retrieval_windows,
     embed_texts,
-    extract_window_features,
 )
-from mmpt_lite.evaluation.metrics import ground_truth_ranks, metrics_from_ranks
+from mmpt_lite.evaluation.metrics import ground_truth_ranks, metrics_from_ranks, recall_curve
+from mmpt_lite.evaluation.runtime import EvalRuntime, Evaluator, in_eval_mode
 from mmpt_lite.fileio import file_sha256
 
-KINDS = ("msrvtt", "youcook")
-DEFAULT_CSV = {"msrvtt": "msrvtt_test.csv", "youcook": "validation_youcook.csv"}
 YOUCOOK_EXTENSIONS = (".mp4", ".mkv", ".webm")
-MSRVTT_COLUMNS = ("video_id", "sentence")
-YOUCOOK_COLUMNS = ("end", "start", "task", "text", "video_id")
+RETRIEVAL_COLUMNS = ["R@1", "R@5", "R@10", "MedR", "MeanR"]
 
 
 @dataclass
@@ -67,24 +64,6 @@ def _youcook_path(video_root: Path, task, video_id: str) -> Path:
     return folder / f"{video_id}{YOUCOOK_EXTENSIONS[0]}"
 
 
-def read_retrieval_set(kind: str, csv_path: str | Path, video_root: str | Path) -> RetrievalSet:
-    """MSR-VTT: ``key,vid_key,video_id,sentence`` + ``<root>/<video_id>.mp4``;
-    YouCook2: ``end,start,task,text,video_id`` + ``<root>/validation/<task>/<video_id>.<ext>``."""
-    csv_path, video_root = Path(csv_path), Path(video_root)
-    if kind == "msrvtt":
-        table = _read_csv(csv_path, MSRVTT_COLUMNS)
-        requests = [VideoRequest(str(v), str(video_root / f"{v}.mp4")) for v in table["video_id"]]
-        return RetrievalSet(kind, [str(s) for s in table["sentence"]], requests)
-    if kind == "youcook":
-        table = _read_csv(csv_path, YOUCOOK_COLUMNS)
-        requests = [VideoRequest(f"{row.video_id}[{row.start:g}-{row.end:g}s]",
-                                 str(_youcook_path(video_root, row.task, str(row.video_id))),
-                                 float(row.start), float(row.end))
-                    for row in table.itertuples(index=False)]
-        return RetrievalSet(kind, [str(t) for t in table["text"]], requests)
-    raise ValueError(f"unknown retrieval set {kind!r}; choose one of {KINDS}")
-
-
 def retrieval_scores(text_embeddings: np.ndarray, window_embeddings: np.ndarray,
                      readable: np.ndarray) -> np.ndarray:
     """scores float64 [N texts, N videos] = text · mean-over-windows(video); unreadable columns = -inf.
@@ -113,62 +92,102 @@ class RetrievalResult:
                 "missing": self.missing, "unreadable": self.unreadable}
 
 
-def video_features(model: torch.nn.Module, dataset: RetrievalSet, protocol: RetrievalProtocol, *,
-                   batch_size: int, num_workers: int, device: torch.device, progress: bool = False,
-                   cache: FeatureCache | None = None, checkpoint_id: str | None = None,
-                   csv_path: Path | None = None) -> tuple[WindowFeatures, bool]:
-    """Window embeddings [N, W, D] of every column and whether they came from ``cache``.
+class RetrievalEvaluator(Evaluator):
+    """Zero-shot text-to-video retrieval: one caption per list row, scored against every row's video."""
 
-    The cache is used only with a ``checkpoint_id`` (a model being trained has none).
-    """
-    key = None
-    if cache is not None and checkpoint_id is not None:
-        key = cache_key({"task": dataset.kind, "checkpoint": checkpoint_id, "protocol": asdict(protocol),
-                         "csv": file_sha256(csv_path) if csv_path else None,
+    ylabel = "recall@K"
+    consequence = "scored as misses"
+
+    @classmethod
+    def protocol_from_config(cls, e: EvalConfig | None) -> RetrievalProtocol:
+        return RetrievalProtocol() if e is None else RetrievalProtocol(e.num_windows_test, e.num_frames, e.fps,
+                                                                       e.video_size)
+
+    @in_eval_mode
+    def result(self, model: torch.nn.Module, runtime: EvalRuntime,
+               checkpoint_id: str | None = None) -> RetrievalResult:
+        """Embed texts and videos with ``model`` (on ``runtime.device``) and score; the feature cache is used
+        only with a ``checkpoint_id`` (a model being trained has none)."""
+        dataset, key_parts = self.dataset, None
+        if checkpoint_id is not None:
+            key_parts = {"task": dataset.kind, "checkpoint": checkpoint_id, "protocol": asdict(self.protocol),
+                         "csv": file_sha256(self.list_path),
                          "videos": files_fingerprint([Path(r.path) for r in dataset.requests]),
-                         "requests": [(r.path, r.start, r.end) for r in dataset.requests]})
-    decode = functools.partial(decode_retrieval_windows, protocol=protocol)
-    return cached_window_features(cache, key, lambda: extract_window_features(
-        model, dataset.requests, decode, output="video_embedding", batch_size=batch_size,
-        num_workers=num_workers, device=device, progress=progress, desc=f"{dataset.kind} videos"))
+                         "requests": [(r.path, r.start, r.end) for r in dataset.requests]}
+        decode = functools.partial(decode_retrieval_windows, protocol=self.protocol)
+        found, cached = cached_window_features(model, dataset.requests, decode, output="video_embedding",
+                                               runtime=runtime, key_parts=key_parts, desc=f"{dataset.kind} videos")
+        texts = embed_texts(model, dataset.texts, device=runtime.device)
+        if not found.readable.any():  # no video embedding at all: every caption is a miss
+            scores = np.full((len(texts), len(texts)), -np.inf)
+        else:
+            scores = retrieval_scores(texts, found.features, found.readable)
+        ranks = ground_truth_ranks(scores)
+        missing = sorted({r.name for r in dataset.requests if not os.path.isfile(r.path)})
+        unreadable = {name: message for name, message in found.errors.items() if name not in missing}
+        return RetrievalResult(metrics_from_ranks(ranks), ranks, missing, unreadable, cached)
+
+    def run(self, model: torch.nn.Module, runtime: EvalRuntime) -> dict:
+        """Metrics and problem counts (:meth:`RetrievalResult.summary`)."""
+        return self.result(model, runtime).summary()
+
+    def evaluate(self, model: torch.nn.Module, runtime: EvalRuntime, checkpoint_id: str | None = None):
+        result = self.result(model, runtime, checkpoint_id)
+        ks, recall = recall_curve(result.ranks)
+        record = {"metrics": result.metrics,
+                  **{k: v for k, v in result.summary().items() if k not in result.metrics},
+                  "from_cache": result.from_cache, "recall_at_k": {"k": ks, "recall": recall}}
+        return record, result.metrics, {"": (ks, recall)}
+
+    def columns(self) -> list[str]:
+        return RETRIEVAL_COLUMNS
+
+    def heading(self, records: dict[str, dict]) -> str:
+        first = next(iter(records.values()))
+        return f"{self.title}: {first['num_texts']} captions, chance R@1 = {100 / first['num_videos']:.2f}%"
 
 
-def run_retrieval(model: torch.nn.Module, dataset: RetrievalSet, protocol: RetrievalProtocol, *,
-                  batch_size: int, num_workers: int, device: torch.device, progress: bool = False,
-                  cache: FeatureCache | None = None, checkpoint_id: str | None = None,
-                  csv_path: Path | None = None) -> RetrievalResult:
-    """Embed texts and videos with ``model`` (already on ``device``, eval mode, under no_grad) and score."""
-    found, cached = video_features(model, dataset, protocol, batch_size=batch_size, num_workers=num_workers,
-                                   device=device, progress=progress, cache=cache, checkpoint_id=checkpoint_id,
-                                   csv_path=csv_path)
-    texts = embed_texts(model, dataset.texts, device=device)
-    if not found.readable.any():  # no video embedding at all: every caption is a miss
-        scores = np.full((len(texts), len(texts)), -np.inf)
-    else:
-        scores = retrieval_scores(texts, found.features, found.readable)
-    ranks = ground_truth_ranks(scores)
-    missing = sorted({r.name for r in dataset.requests if not os.path.isfile(r.path)})
-    unreadable = {name: message for name, message in found.errors.items() if name not in missing}
-    return RetrievalResult(metrics_from_ranks(ranks), ranks, missing, unreadable, cached)
+class MsrvttRetrieval(RetrievalEvaluator):
+    """MSR-VTT 1k-A: ``key,vid_key,video_id,sentence`` rows, videos ``<root>/<video_id>.mp4``, whole video."""
+
+    name = "msrvtt"
+    title = "MSR-VTT 1k-A zero-shot text->video retrieval"
+    synthetic_folder = "msrvtt"
+    default_list = "msrvtt_test.csv"
+
+    def read(self) -> RetrievalSet:
+        table = _read_csv(self.list_path, ("video_id", "sentence"))
+        requests = [VideoRequest(str(v), str(self.video_root / f"{v}.mp4")) for v in table["video_id"]]
+        return RetrievalSet(self.name, [str(s) for s in table["sentence"]], requests)
+
+
+class YoucookRetrieval(RetrievalEvaluator):
+    """YouCook2 validation: ``end,start,task,text,video_id`` rows, videos
+    ``<root>/validation/<task>/<video_id>.<ext>``, the row's segment."""
+
+    name = "youcook"
+    title = "YouCook2 validation zero-shot text->video retrieval"
+    synthetic_folder = "youcook2"
+    default_list = "validation_youcook.csv"
+
+    def read(self) -> RetrievalSet:
+        table = _read_csv(self.list_path, ("end", "start", "task", "text", "video_id"))
+        requests = [VideoRequest(f"{row.video_id}[{row.start:g}-{row.end:g}s]",
+                                 str(_youcook_path(self.video_root, row.task, str(row.video_id))),
+                                 float(row.start), float(row.end))
+                    for row in table.itertuples(index=False)]
+        return RetrievalSet(self.name, [str(t) for t in table["text"]], requests)
 
 
 def evaluate_retrieval(model: torch.nn.Module, csv_path: str | Path, video_root: str | Path, *, kind: str,
                        num_windows: int, num_frames: int, fps: float, video_size: int, batch_size: int,
                        device: torch.device | str, num_workers: int = 0) -> dict:
-    """In-training zero-shot retrieval check; returns metrics and problem counts (see RetrievalResult.summary).
+    """In-training zero-shot retrieval check in keyword form; see :meth:`RetrievalEvaluator.run`.
 
-    Uses the model's own normalisation, runs under torch.no_grad() in eval mode and puts the model back in
-    the mode it was in. The model is expected to be on ``device`` already.
+    Same as ``MsrvttRetrieval.from_run_config(cfg, video_root, csv_path).run(model,
+    EvalRuntime.for_training(cfg, device))`` with these values in ``cfg``.
     """
-    device = torch.device(device)
-    dataset = read_retrieval_set(kind, csv_path, video_root)
+    evaluator = {c.name: c for c in (MsrvttRetrieval, YoucookRetrieval)}[kind]
     protocol = RetrievalProtocol(num_windows, num_frames, fps, video_size)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            result = run_retrieval(model, dataset, protocol, batch_size=batch_size, num_workers=num_workers,
-                                   device=device)
-    finally:
-        model.train(was_training)
-    return result.summary()
+    runtime = EvalRuntime(torch.device(device), batch_size, num_workers)
+    return evaluator(protocol, video_root, csv_path).run(model, runtime)

@@ -2,8 +2,9 @@
 
 Accepted sources (``path``):
 
-* an mmpt_lite run folder (its ``checkpoints/latest``) or one checkpoint step folder -- of a
-  masked-pretraining run (``encoder.*`` keys) or of a contrastive run (``video_tower.*`` keys);
+* an mmpt_lite run folder, its ``checkpoints/`` folder or one step folder (as
+  :func:`mmpt_lite.checkpoint.resolve_run_checkpoint` reads them) -- of a masked-pretraining run
+  (``encoder.*`` keys) or of a contrastive run (``video_tower.*`` keys);
 * a state-dict file (``.safetensors``, or ``.bin``/``.pt``/``.pth`` read with ``weights_only=True``,
   optionally wrapped as ``{"model": ...}``, ``{"state_dict": ...}`` or ``{"module": ...}``) in the
   ``transformers`` VideoMAE layout (converted by :mod:`mmpt_lite.models.convert_hf`), in VideoMAE's
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from mmpt_lite.checkpoint import latest_checkpoint, load_checkpoint
+from mmpt_lite.checkpoint import CheckpointFormatError, load_checkpoint, resolve_run_checkpoint
 from mmpt_lite.config import resolve_path
 from mmpt_lite.models.convert_hf import convert_hf_videomae, is_hf_videomae
 from mmpt_lite.models.vit import VideoViT
@@ -35,9 +36,10 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict, description of the source) of a run folder, checkpoint folder or state-dict file."""
     path = resolve_path(str(path))
     if path.is_dir():
-        step = path if (path / "meta.json").is_file() else latest_checkpoint(path)
-        if step is None:
-            raise FileNotFoundError(f"model.video.init_from: {path} holds no mmpt_lite checkpoint")
+        try:
+            step = resolve_run_checkpoint(path)
+        except CheckpointFormatError as exc:
+            raise ValueError(f"model.video.init_from: {exc}") from None
         return load_checkpoint(step, with_train_state=False)["model"], f"mmpt_lite checkpoint {step}"
     if not path.is_file():
         raise FileNotFoundError(f"model.video.init_from: {path} does not exist")
