@@ -177,7 +177,7 @@ class RetriConfig:
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    task: Literal["milnce", "mae"] = "milnce"
+    task: str = "milnce"  # a name in mmpt_lite.train.tasks.TASKS (checked when the run starts)
     output_dir: str = "runs/how2_pretrain"
     max_steps: int = 100
     epochs: int = 0  # >0: derive max_steps from the epoch size

@@ -116,7 +116,7 @@ def prepare_mae_data(cfg: RunConfig, *, build: bool) -> MaePreparedData:
 class MaeClipDataset(Dataset):
     """One masked-pretraining clip per (video index, sample seed).
 
-    Returns {"video": uint8 [T, S, S, 3], "text": {} (video only), "video_index": int64}.
+    Returns {"video": uint8 [T, S, S, 3], "video_index": int64} (no text: collate gives ``text`` None).
     """
 
     def __init__(self, video_store: ShardedVideoStore, *, num_frames: int, stride: int, video_size: int):
@@ -136,4 +136,4 @@ class MaeClipDataset(Dataset):
         frames = np.stack([self.videos.read_frames(vid, int(i), 1)[0] for i in unique])[where]
         crop = multiscale_crop(frames.shape[1], frames.shape[2], rng, flip=False)
         clip = np.stack([resize_rgb(np.ascontiguousarray(f), self.size, self.size) for f in apply_crop(frames, crop)])
-        return {"video": torch.from_numpy(clip), "text": {}, "video_index": torch.tensor(index)}
+        return {"video": torch.from_numpy(clip), "video_index": torch.tensor(index)}

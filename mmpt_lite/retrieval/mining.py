@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -40,7 +39,8 @@ from torch.utils.data import DataLoader
 
 from mmpt_lite import distributed as mdist
 from mmpt_lite.config import RunConfig, resolve_path
-from mmpt_lite.data.loader import collate, epoch_plan
+from mmpt_lite.data.batch import collate
+from mmpt_lite.data.loader import epoch_plan
 from mmpt_lite.models.preprocess import VideoInput
 from mmpt_lite.retrieval.index import NeighbourIndex
 from mmpt_lite.retrieval.plan import build_mined_plan, mean_batch_similarity
@@ -80,10 +80,10 @@ def embed_videos(model: torch.nn.Module, dataset, videos: range, *, epoch: int, 
     rows = torch.tensor([v - videos.start for v, _ in items])
     sums: torch.Tensor | None = None
     for step, batch in enumerate(loader):
-        video = video_input(batch["video"])
-        tokens = {k: v.to(device) for k, v in batch["text"].items()}  # [B, K, L]
+        batch = batch.to(device)
+        video = video_input(batch.video)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = model(video=video, text=tokens)
+            out = model(video=video, text=batch.text)  # the candidates only: [B, K, L] -> B·K text rows
         v = F.normalize(out["video_embedding"].float(), dim=-1)
         t = F.normalize(out["text_embedding"].float(), dim=-1).view(len(v), -1, v.shape[-1]).mean(1)
         vectors = ((v + F.normalize(t, dim=-1)) / 2).cpu()
@@ -220,8 +220,3 @@ class RetrievalPlanProvider:
             log.warning("retri: cannot append to %s: %s", self.log_path, exc)
         return mined.plan
 
-
-def make_plan_provider(cfg: RunConfig, model: torch.nn.Module, dataset, device: torch.device
-                       ) -> Callable[[int], np.ndarray | None]:
-    """The ``TrainLoader.plan_provider`` for ``retri.enabled`` runs (see the module docstring)."""
-    return RetrievalPlanProvider(cfg, model, dataset, device)
