@@ -129,10 +129,9 @@ def test_mask_seeds_resume_the_same_stream():
 
 def test_cpu_run_through_locallaunch(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "locallaunch.py", "projects/videomae_cpu.yaml", "--jobtype", "local_single"]
-    for o in [f"data.root={tmp_path / 'how2-synth'}", "data.synthetic.size=tiny", "data.num_frames=4",
-              "data.video_size=32", "data.batch_size=2", "data.num_workers=0", "train.max_steps=3",
-              "train.log_every=1", "train.ckpt_every=3", "train.peak_tflops=1", f"train.output_dir={out}"]:
+    cmd = [sys.executable, "locallaunch.py", "projects/debug_tiny.yaml", "--jobtype", "local_single"]
+    for o in ["train.task=mae", f"data.root={tmp_path / 'how2-synth'}", "data.batch_size=2", "train.max_steps=3",
+              "train.ckpt_every=3", "train.peak_tflops=1", f"train.output_dir={out}"]:
         cmd += ["--set", o]
     r = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                        timeout=600)
