@@ -74,9 +74,6 @@ class PlanBatchSampler:
     def __init__(self, plan: np.ndarray, *, rank: int, epoch: int, seed: int, start_step: int = 0):
         self.plan, self.rank, self.epoch, self.seed, self.start_step = plan, rank, epoch, seed, start_step
 
-    def __len__(self) -> int:
-        return max(0, len(self.plan) - self.start_step)
-
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step in range(self.start_step, len(self.plan)):
             row = self.plan[step, self.rank]

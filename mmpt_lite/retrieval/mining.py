@@ -74,8 +74,8 @@ def embed_videos(model: torch.nn.Module, dataset, videos: range, *, epoch: int, 
     if not items:
         return torch.zeros(0, 0)
     video_input = VideoInput(model, device)
-    loader = DataLoader(_ItemDataset(dataset, items), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=collate)
+    # The items are the sampler: the loader reads dataset[item] in their order, in its workers.
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=items, num_workers=num_workers, collate_fn=collate)
     # Row of each item's video in the result; the loader keeps the item order, so batch b is items[b·B:(b+1)·B].
     rows = torch.tensor([v - videos.start for v, _ in items])
     sums: torch.Tensor | None = None
@@ -91,19 +91,6 @@ def embed_videos(model: torch.nn.Module, dataset, videos: range, *, epoch: int, 
             sums = torch.zeros(len(videos), vectors.shape[-1])
         sums.index_add_(0, rows[step * batch_size:step * batch_size + len(vectors)], vectors)
     return sums / clips_per_video
-
-
-class _ItemDataset(torch.utils.data.Dataset):
-    """A list of (video index, sample seed) items read from ``dataset`` (so DataLoader workers decode)."""
-
-    def __init__(self, dataset, items: list[tuple[int, int]]):
-        self.dataset, self.items = dataset, items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.dataset[self.items[i]]
 
 
 def gather_to_main(local: torch.Tensor, num_videos: int, dim: int, device: torch.device) -> np.ndarray | None:

@@ -1,22 +1,16 @@
-"""Training objectives, one module each, chosen by ``train.task`` through :data:`TASKS`.
-
-Both the launcher and ``train/main.py`` dispatch through :func:`get_task`. A task module provides:
-
-* ``describe(cfg) -> str``: its model and loss for the run's first line;
-* ``prepare(cfg, *, build) -> prepared``: its inputs made to exist (called once by the launcher before
-  any rank starts, then by every rank; only ``build=True`` builds). ``prepared.cfg`` has the derived
-  paths filled in; ``prepared.name``, ``num_videos`` and ``shard_root`` are logged;
-* ``build(cfg, prepared, device) -> Components``: model, dataset, its :class:`~.base.Task` (step,
-  trainable modules, resumable state), and optionally an evaluation and a batch-plan provider.
+"""Training objectives, one module each, chosen by ``train.task`` through :data:`TASKS`; the launcher and
+``train/main.py`` both dispatch through :func:`get_task`, and the trainer and loop are shared.
 
 Adding an objective:
 
-1. Write ``mmpt_lite/train/tasks/<name>.py`` with ``describe``, ``prepare`` and ``build`` as above.
-2. Its Task's ``step(module, batch)`` reads a ``ClipBatch`` (``mmpt_lite.data.batch``) and returns
-   ``{"loss", "batch_size", ...scalars to log}``; ``state_dict()`` holds whatever a resume must restore.
-3. Its dataset yields sample dicts that ``collate`` stacks (``video``, ``video_index``, optional ``text``).
+1. Write ``mmpt_lite/train/tasks/<name>.py`` with ``describe(cfg) -> str`` (its model for the run's first
+   line), ``prepare(cfg, *, build) -> PreparedData`` (its inputs; called once with build=True by the launcher
+   before any rank starts, then by every rank) and ``build(cfg, prepared, device) -> Components`` (base.py).
+2. Subclass ``base.Task``: ``step(module, batch) -> {"loss", "batch_size", ...scalars to log}`` on a
+   ``ClipBatch``; ``state_dict``/``load_state_dict`` for what a resume restores; ``modules`` if trainable.
+3. Its dataset maps ``(index, seed)`` to a sample dict that ``data.batch.collate`` stacks.
 4. Add ``"<name>": "mmpt_lite.train.tasks.<name>"`` to ``TASKS`` below.
-5. Run it: ``python locallaunch.py projects/debug_tiny.yaml --set train.task=<name>``.
+5. Try it: ``python locallaunch.py projects/debug_tiny.yaml --set train.task=<name> --set train.max_steps=3``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 from torch import nn
@@ -12,22 +11,25 @@ from torch import nn
 from mmpt_lite.data.batch import ClipBatch
 
 
-class Task(Protocol):
+class Task:
     """One objective's training step and the state a resumed run needs to continue exactly.
 
-    ``step`` takes the (possibly DDP-wrapped) model and one :class:`ClipBatch` and returns
-    ``{"loss": scalar tensor, "batch_size": int, ...}``; other scalar tensors are logged. ``modules``
-    are trained with the model (e.g. a loss with a learnable temperature). ``state_dict`` is saved
-    in ``train_state.pt`` under "task" and given back to ``load_state_dict`` on resume.
+    ``step``: the (possibly DDP-wrapped) model and one batch -> ``{"loss": scalar tensor, "batch_size":
+    int, ...}``; other scalar tensors are logged. ``modules``: trained with the model (e.g. a loss with a
+    learnable temperature). ``state_dict``: saved in ``train_state.pt`` as "task", restored on resume.
     """
 
-    def step(self, module: nn.Module, batch: ClipBatch) -> dict: ...
+    def step(self, module: nn.Module, batch: ClipBatch) -> dict:
+        raise NotImplementedError
 
-    def modules(self) -> list[nn.Module]: ...
+    def modules(self) -> list[nn.Module]:
+        return []
 
-    def state_dict(self) -> dict: ...
+    def state_dict(self) -> dict:
+        return {}
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 @dataclass
@@ -41,4 +43,3 @@ class Components:
     flops_per_video: float = 0.0  # training FLOPs per video (3 x 2 x MACs) for MFU; 0 = not logged
     # epoch -> int64 [steps, world, batch] batch plan or None (the loader's shuffled plan); see TrainLoader
     plan_provider: Callable[[int], np.ndarray | None] | None = None
-

@@ -1,9 +1,5 @@
-"""Contrastive video-text pretraining (``train.task: milnce``): MIL-NCE or InfoNCE (``loss.name``).
-
-Data: the HowTo100M-format corpus (``mmpt_lite.data.prepare``) sampled by ``MilNceClipDataset``
-(K candidate captions per clip, optional hard negatives). With ``retri.enabled`` each epoch's batches
-are mined (``mmpt_lite.retrieval.mining``); with ``eval.enabled`` the run reports zero-shot retrieval.
-"""
+"""Contrastive video-text pretraining (``train.task: milnce``): MIL-NCE or InfoNCE (``loss.name``) on
+``MilNceClipDataset`` clips, with mined batches (``retri.enabled``) and zero-shot retrieval (``eval.enabled``)."""
 
 from __future__ import annotations
 
@@ -19,12 +15,12 @@ from mmpt_lite.data.prepare import PreparedData, prepare_data
 from mmpt_lite.losses.build import build_loss
 from mmpt_lite.models.build import build_model
 from mmpt_lite.models.preprocess import VideoInput
-from mmpt_lite.train.tasks.base import Components
+from mmpt_lite.train.tasks.base import Components, Task
 
 log = logging.getLogger("mmpt_lite")
 
 
-class ContrastiveTask:
+class ContrastiveTask(Task):
     """Video-text batches -> the contrastive loss (MIL-NCE or InfoNCE) of ``loss_fn``.
 
     The candidates [B, K, L] and any hard negatives [B, M, L] go through the text tower in one pass;

@@ -17,12 +17,13 @@ from torch import nn
 from mmpt_lite import distributed as mdist
 from mmpt_lite.config import RunConfig
 from mmpt_lite.data.batch import ClipBatch
-from mmpt_lite.data.video_sets import MaeClipDataset, MaePreparedData
+from mmpt_lite.data.prepare import PreparedData
+from mmpt_lite.data.video_sets import MaeClipDataset
 from mmpt_lite.data.video_sets import prepare_mae_data as prepare  # noqa: F401 - the task module's prepare
 from mmpt_lite.models.flops import TRAIN_FLOPS_PER_MAC, mae_macs_per_video, param_count
 from mmpt_lite.models.mae import VideoMAEPretrainer, build_mae_pretrainer
 from mmpt_lite.models.preprocess import VideoInput
-from mmpt_lite.train.tasks.base import Components
+from mmpt_lite.train.tasks.base import Components, Task
 
 log = logging.getLogger("mmpt_lite")
 
@@ -51,7 +52,7 @@ class MaskSeeds:
         self.drawn = int(state["drawn"])
 
 
-class MaskedTask:
+class MaskedTask(Task):
     """uint8 batch -> normalised video on the device -> masks from ``seeds`` -> the model's loss."""
 
     def __init__(self, model: VideoMAEPretrainer, seeds: MaskSeeds, device: torch.device):
@@ -62,9 +63,6 @@ class MaskedTask:
         video = self.video_input(batch.video)
         out = module(video, generator=self.seeds.next_generator(self.device))
         return {"loss": out["loss"], "batch_size": video.shape[0]}
-
-    def modules(self) -> list[nn.Module]:
-        return []
 
     def state_dict(self) -> dict:
         return self.seeds.state_dict()
@@ -79,7 +77,7 @@ def describe(cfg: RunConfig) -> str:
             f"decoder depth {m.decoder_depth}")
 
 
-def build(cfg: RunConfig, prepared: MaePreparedData, device: torch.device) -> Components:
+def build(cfg: RunConfig, prepared: PreparedData, device: torch.device) -> Components:
     if cfg.model.video.init_from:
         raise ValueError("model.video.init_from initialises contrastive runs; masked pretraining starts from scratch")
     model = build_mae_pretrainer(cfg.model.video.preset, cfg.mae)
