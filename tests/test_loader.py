@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmpt_lite.data.batch import ClipBatch, collate
 from mmpt_lite.data.loader import MilNceClipDataset, TrainLoader, epoch_plan
 
 
@@ -219,3 +220,19 @@ def test_bad_plan_shape_is_reported():
                          plan_provider=lambda epoch: np.zeros((2, 2, 2), np.int64))
     with pytest.raises(ValueError, match="batch plan has shape"):
         next(iter(loader))
+
+
+def test_clip_batch_shapes_and_one_text_tower_pass():
+    """collate -> ClipBatch: candidates [B, K, L] then negatives [B, M, L] flatten into one tower input."""
+    def sample(i):
+        return {"video": torch.full((4, 8, 8, 3), i, dtype=torch.uint8), "video_index": torch.tensor(i),
+                "text": {"input_ids": torch.tensor([[10 * i + k] for k in range(3)])},
+                "negative_text": {"input_ids": torch.tensor([[100 + 10 * i + m] for m in range(2)])},
+                "negative_mask": torch.tensor([True, i == 0])}
+    batch = collate([sample(0), sample(1)])
+    assert isinstance(batch, ClipBatch) and batch.video.shape == (2, 4, 8, 8, 3) and batch.video_index.tolist() == [0, 1]
+    assert batch.text["input_ids"].shape == (2, 3, 1) and batch.negative_mask.tolist() == [[True, True], [True, False]]
+    rows = batch.to(torch.device("cpu")).text_tower_input()["input_ids"][:, 0].tolist()
+    assert rows == [0, 1, 2, 10, 11, 12, 100, 101, 110, 111]  # row i·K + k, then B·K + i·M + m
+    video_only = collate([{"video": s["video"], "video_index": s["video_index"]} for s in (sample(0), sample(1))])
+    assert video_only.text is None and video_only.negative_text is None and video_only.negative_mask is None
