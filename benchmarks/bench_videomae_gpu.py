@@ -136,7 +136,7 @@ def loader_batches(batch: int, args, device: torch.device, shard_root: Path):
     loader = TrainLoader(clips, batch_size=batch, rank=0, world_size=1,
                          seed=0, num_workers=args.workers, pin_memory=device.type == "cuda")
     for item in loader:
-        yield item["video"].to(device, non_blocking=True)
+        yield item.video.to(device, non_blocking=True)
 
 
 def peak_memory_gib(device: torch.device) -> float:

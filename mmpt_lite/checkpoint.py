@@ -2,7 +2,7 @@
 
 Layout: ``<output_dir>/checkpoints/step_<N>/`` holding
   model.safetensors   the unwrapped model's state dict (tensors only)
-  train_state.pt      optimizer, scheduler, loss-module state, step, RNG states, data position
+  train_state.pt      optimizer, scheduler, task state, step, RNG states, data position
                       (plain containers of tensors and numbers: loads with weights_only=True)
   config.yaml         the resolved run config
   meta.json           {"format": "mmpt_lite", "version": 1, "step": N, "model_sha256": ...}

@@ -115,9 +115,9 @@ class TextTowerConfig:
     word_dim: int = 300
     hidden_dim: int = 2048
     train_word2vec: bool = True  # no text.path: build the vocabulary from the corpus captions (the demo)
-    # ...and initialise it with word2vec fitted on those captions, or randomly. (Templated captions give
-    # every colour word the same contexts, so word2vec maps them to nearly the same vector.)
-    word_init: Literal["word2vec", "random"] = "word2vec"
+    # ...and initialise it randomly or with word2vec fitted on those captions. Random by default: templated
+    # captions give every colour word the same contexts, so word2vec maps them to nearly the same vector.
+    word_init: Literal["word2vec", "random"] = "random"
     train_embeddings: bool = False  # word vectors frozen as in MIL-NCE; the small demo corpus needs them trained
     freeze: bool = False
 
@@ -180,7 +180,7 @@ class RetriConfig:
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    task: Literal["milnce", "mae"] = "milnce"
+    task: str = "milnce"  # a name in mmpt_lite.train.tasks.TASKS (checked when the run starts)
     output_dir: str = "runs/how2_pretrain"
     max_steps: int = 100
     epochs: int = 0  # >0: derive max_steps from the epoch size

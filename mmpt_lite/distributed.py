@@ -82,15 +82,6 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def all_reduce_mean(value: float) -> float:
-    """Average a Python scalar over ranks (for logging)."""
-    if not is_dist():
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item()) / get_world_size()
-
-
 def broadcast_object(obj):
     """Send a picklable object from rank 0 to every rank (e.g. a batch plan)."""
     if not is_dist():

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mmpt_lite.config import ConfigError, RunConfig, dump_config, load_config, resolve_path, save_config
 from mmpt_lite.fileio import atomic_write_text
+from mmpt_lite.train.tasks import get_task
 
 JOB_TYPES = ("local_single", "local_small", "local_big", "slurm")
 TRAIN_MODULE = "mmpt_lite.train.main"
@@ -99,13 +100,8 @@ def describe_run(cfg: RunConfig, jobtype: str) -> str:
     corpus += f", {d.synthetic.train_videos} training videos" if d.synthetic.train_videos else ""
     data = (f"how2-synth (synthetic seed {d.synthetic.seed}, size {d.synthetic.size}{corpus}) at {resolve_path(d.root)}"
             if d.synthetic.enabled else f"{resolve_path(d.root)}")
-    if cfg.train.task == "mae":  # masked pretraining: no text tower, no contrastive loss
-        m = cfg.mae
-        model = (f"model preset video={cfg.model.video.preset} | masked pretraining: {m.masking} masking "
-                 f"{m.mask_ratio:g}, decoder depth {m.decoder_depth}")
-    else:
-        model = f"model preset video={cfg.model.video.preset} text={cfg.model.text.kind} | loss {cfg.loss.name}"
-    return f"mmpt_lite {jobtype}: data {data} | {model} | output {resolve_path(cfg.train.output_dir)}"
+    model = get_task(cfg.train.task).describe(cfg)
+    return f"mmpt_lite {jobtype}: data {data} | model preset {model} | output {resolve_path(cfg.train.output_dir)}"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -128,11 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                   if getattr(args, n) is not None]
     try:
         cfg = load_config(args.config, overrides)
-        if cfg.data.action_negatives.count:  # read the lexicon now, before any data is built or rank started
-            from mmpt_lite.data.action_negatives import lexicon_pending
-            from mmpt_lite.train.main import action_negatives
-            if not lexicon_pending(cfg.data):  # else the synthetic corpus writes it when it is generated
-                action_negatives(cfg)
+        task = get_task(cfg.train.task)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -163,18 +155,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from mmpt_lite.train.logging import setup_logging
-    from mmpt_lite.train.main import prepare_for_task
 
     setup_logging(0)
     print(describe_run(cfg, args.jobtype), flush=True)
-    # Prepare shared inputs once, before any rank starts (ranks only read them).
+    # Prepare shared inputs once, before any rank starts (ranks only read them). Inputs that live in the
+    # corpus (e.g. an action lexicon) are checked here, once they exist.
     try:
-        cfg = prepare_for_task(cfg, build=True).cfg  # derived paths (shards, word vectors) filled in
+        cfg = task.prepare(cfg, build=True).cfg  # derived paths (shards, word vectors) filled in
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     save_config(cfg, config_path)
-    if args.jobtype == "local_single":
+    if args.jobtype == "local_single":  # the entry point in this process (a kill stops the run, no orphan)
         from mmpt_lite.train.main import run
         return run(cfg, config_path=config_path)
     env = dict(os.environ)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mmpt_lite.config import ConfigError, config_from_dict
-from mmpt_lite.data.action_negatives import ActionLexicon, lexicon_pending, load_lexicon
+from mmpt_lite.data.action_negatives import ActionLexicon, load_lexicon
 from mmpt_lite.data.prepare import ensure_corpus
 from mmpt_lite.synth.corpus import write_lexicon
 from mmpt_lite.synth.render import Look
@@ -124,9 +124,7 @@ def test_how2_synth_lexicon_reads_every_caption_the_generator_writes(how2_synth)
 def test_a_synthetic_corpus_without_its_lexicon_file_gets_one(tmp_path):
     cfg = run_config(tmp_path)
     (tmp_path / "train.csv").write_text("video_path\n")  # a complete corpus made before it carried the file
-    assert lexicon_pending(cfg.data) and not lexicon_pending(run_config(tmp_path, "mine.tsv").data)
-    assert not lexicon_pending(run_config(tmp_path, synthetic=False).data)
     ensure_corpus(cfg, tmp_path, build=False)  # only the main rank writes
     assert not (tmp_path / "actions.tsv").exists()
     ensure_corpus(cfg, tmp_path, build=True)
-    assert not lexicon_pending(cfg.data) and load_lexicon(cfg.data).actions == tuple(DESCRIBE)
+    assert load_lexicon(cfg.data).actions == tuple(DESCRIBE)

@@ -129,3 +129,18 @@ def test_first_line_names_the_task():
     assert "size default) at" in plain
     mae = describe_run(load_config(REPO_ROOT / "projects" / "videomae_cpu.yaml"), "local_single")
     assert "masked pretraining: tube masking 0.9, decoder depth 4" in mae and "loss" not in mae
+
+
+def test_unknown_task_names_the_valid_ones(repo_root):
+    r = dryrun(repo_root, "--set", "train.task=clip")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["error: train.task: 'clip' is not one of 'milnce', 'mae'"], r.stderr
+
+
+def test_every_task_module_provides_describe_prepare_build():
+    from mmpt_lite.train.tasks import TASKS, get_task
+    cfg = load_config(REPO_ROOT / "projects" / "debug_tiny.yaml")
+    for name in TASKS:
+        module = get_task(name)
+        assert callable(module.prepare) and callable(module.build)
+        assert module.describe(cfg).startswith("video=vit_tiny_p8")

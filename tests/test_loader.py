@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmpt_lite.data.batch import ClipBatch, collate
 from mmpt_lite.data.loader import MilNceClipDataset, TrainLoader, epoch_plan
 
 
@@ -79,9 +80,9 @@ def test_clips_per_video_batches_hold_different_moments_of_each_video():
     loader = TrainLoader(dataset, batch_size=4, rank=0, world_size=1, seed=3)
     assert len(dataset) == 12 and loader.steps_per_epoch() == 3
     for _, batch in zip(range(6), loader, strict=False):
-        videos = batch["video_index"].tolist()
+        videos = batch.video_index.tolist()
         assert videos[0] == videos[1] and videos[2] == videos[3] and videos[0] != videos[2]
-        caption = batch["text"]["input_ids"][:, 0, 1] - 1  # the single candidate = the anchor caption
+        caption = batch.text["input_ids"][:, 0, 1] - 1  # the single candidate = the anchor caption
         assert (caption[0::2] < 4).all() and (caption[1::2] >= 4).all(), caption
 
 
@@ -97,14 +98,14 @@ def test_reversed_twins_sit_beside_their_clip_played_backwards():
     dataset = MilNceClipDataset(ArrayVideoStore(5), DirectionCaptions(), word_ids, num_frames=4, fps=5.0,
                                 video_size=8, num_candidates=3, min_time=0.5, reversed_twins=True)
     batch = next(iter(TrainLoader(dataset, batch_size=2, rank=0, world_size=1, seed=1)))
-    assert batch["video"].shape == (4, 4, 8, 8, 3) and batch["text"]["input_ids"].shape == (4, 3, 2)
-    frames = batch["video"][:, :, 0, 0, 1]  # frame numbers
+    assert batch.video.shape == (4, 4, 8, 8, 3) and batch.text["input_ids"].shape == (4, 3, 2)
+    frames = batch.video[:, :, 0, 0, 1]  # frame numbers
     assert (frames[1] == frames[0].flip(0)).all() and (frames[3] == frames[2].flip(0)).all()
     assert (frames[0].diff() > 0).all(), "the first of a pair plays forwards"
-    ids = batch["text"]["input_ids"]
+    ids = batch.text["input_ids"]
     assert (ids[0::2, :, 0] == 1).all() and (ids[1::2, :, 0] == 2).all(), "left became right"
     assert (ids[0::2, :, 1] == ids[1::2, :, 1]).all(), "same captions otherwise"
-    assert batch["video_index"].tolist()[0::2] == batch["video_index"].tolist()[1::2]
+    assert batch.video_index.tolist()[0::2] == batch.video_index.tolist()[1::2]
 
 
 def test_action_negatives_ride_with_their_clip():
@@ -127,19 +128,19 @@ def test_action_negatives_ride_with_their_clip():
                                 video_size=8, num_candidates=3, min_time=0.5, action_lexicon=lexicon,
                                 num_negatives=2, negatives_from_video=False)
     batch = next(iter(TrainLoader(dataset, batch_size=4, rank=0, world_size=1, seed=1)))
-    assert batch["text"]["input_ids"].shape == (4, 3, 2)
-    negative, mask = batch["negative_text"]["input_ids"], batch["negative_mask"]
+    assert batch.text["input_ids"].shape == (4, 3, 2)
+    negative, mask = batch.negative_text["input_ids"], batch.negative_mask
     assert negative.shape == (4, 2, 2) and mask.shape == (4, 2) and mask.dtype == torch.bool
-    for row, video in enumerate(batch["video_index"].tolist()):
+    for row, video in enumerate(batch.video_index.tolist()):
         if video % 2:  # no candidate names an action: padding rows
             assert not mask[row].any()
             continue
         assert mask[row].all()
         assert sorted(negative[row, :, 0].tolist()) == [2, 3], "the two other actions, not 'chop'"
-        assert set(negative[row, :, 1].tolist()) <= set(batch["text"]["input_ids"][row, :, 1].tolist())
+        assert set(negative[row, :, 1].tolist()) <= set(batch.text["input_ids"][row, :, 1].tolist())
     # From the video's own narration: it names only "chop", so no other action is left for a negative.
     dataset.negatives_from_video = True
-    assert not next(iter(TrainLoader(dataset, batch_size=4, rank=0, world_size=1, seed=1)))["negative_mask"].any()
+    assert not next(iter(TrainLoader(dataset, batch_size=4, rank=0, world_size=1, seed=1))).negative_mask.any()
     with pytest.raises(ValueError, match="need an action_lexicon"):
         MilNceClipDataset(ArrayVideoStore(2), KitchenCaptions(), word_ids, num_frames=4, fps=5.0, video_size=8,
                           num_candidates=3, min_time=0.5, num_negatives=2)
@@ -150,7 +151,7 @@ def collect(loader, steps):
     out = []
     for _ in range(steps):
         b = next(it)
-        out.append((b["video_index"].tolist(), b["video"][:, :, 0, 0, 1].tolist()))
+        out.append((b.video_index.tolist(), b.video[:, :, 0, 0, 1].tolist()))
     return out
 
 
@@ -219,3 +220,19 @@ def test_bad_plan_shape_is_reported():
                          plan_provider=lambda epoch: np.zeros((2, 2, 2), np.int64))
     with pytest.raises(ValueError, match="batch plan has shape"):
         next(iter(loader))
+
+
+def test_clip_batch_shapes_and_one_text_tower_pass():
+    """collate -> ClipBatch: candidates [B, K, L] then negatives [B, M, L] flatten into one tower input."""
+    def sample(i):
+        return {"video": torch.full((4, 8, 8, 3), i, dtype=torch.uint8), "video_index": torch.tensor(i),
+                "text": {"input_ids": torch.tensor([[10 * i + k] for k in range(3)])},
+                "negative_text": {"input_ids": torch.tensor([[100 + 10 * i + m] for m in range(2)])},
+                "negative_mask": torch.tensor([True, i == 0])}
+    batch = collate([sample(0), sample(1)])
+    assert isinstance(batch, ClipBatch) and batch.video.shape == (2, 4, 8, 8, 3) and batch.video_index.tolist() == [0, 1]
+    assert batch.text["input_ids"].shape == (2, 3, 1) and batch.negative_mask.tolist() == [[True, True], [True, False]]
+    rows = batch.to(torch.device("cpu")).text_tower_input()["input_ids"][:, 0].tolist()
+    assert rows == [0, 1, 2, 10, 11, 12, 100, 101, 110, 111]  # row i·K + k, then B·K + i·M + m
+    video_only = collate([{"video": s["video"], "video_index": s["video_index"]} for s in (sample(0), sample(1))])
+    assert video_only.text is None and video_only.negative_text is None and video_only.negative_mask is None

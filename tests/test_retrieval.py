@@ -1,4 +1,4 @@
-"""Retrieval-augmented batches (issue 7): faiss index, batch plans, the loader's plan provider (1 and 2 ranks)."""
+"""Retrieval-augmented batches: faiss index, batch plans, the loader's plan provider (1 and 2 ranks)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from mmpt_lite.config import config_from_dict
 from mmpt_lite.data.loader import TrainLoader, epoch_plan
 from mmpt_lite.retrieval.index import NeighbourIndex
-from mmpt_lite.retrieval.mining import make_plan_provider, plan_rng, shard_range
+from mmpt_lite.retrieval.mining import RetrievalPlanProvider, plan_rng, shard_range
 from mmpt_lite.retrieval.plan import build_mined_plan, mean_batch_similarity
 
 
@@ -170,8 +170,8 @@ def retri_config(out_dir, *, batch_size=8, **retri):
 def test_provider_mines_from_start_epoch_and_restores_train_mode(tmp_path):
     table = clustered(200, clusters=10)
     model = TableModel(table).train()
-    provider = make_plan_provider(retri_config(tmp_path, every_epochs=2), model, IndexedDataset(200),
-                                  torch.device("cpu"))
+    provider = RetrievalPlanProvider(retri_config(tmp_path, every_epochs=2), model, IndexedDataset(200),
+                                      torch.device("cpu"))
     assert provider(0) is None and model.calls == 0  # before start_epoch: the loader's shuffled plan
     plan = provider(1)
     assert model.training and model.calls > 0
@@ -187,8 +187,8 @@ def test_provider_mines_from_start_epoch_and_restores_train_mode(tmp_path):
 def test_provider_skips_mining_on_non_finite_embeddings(tmp_path, caplog):
     table = clustered(64)
     table[5] = np.nan  # a diverged model
-    provider = make_plan_provider(retri_config(tmp_path), TableModel(table), IndexedDataset(64),
-                                  torch.device("cpu"))
+    provider = RetrievalPlanProvider(retri_config(tmp_path), TableModel(table), IndexedDataset(64),
+                                      torch.device("cpu"))
     with caplog.at_level(logging.WARNING, logger="mmpt_lite"):
         assert provider(1) is None
     assert any("not finite" in r.getMessage() and "mining skipped" in r.getMessage() for r in caplog.records)
@@ -197,8 +197,8 @@ def test_provider_skips_mining_on_non_finite_embeddings(tmp_path, caplog):
 def test_provider_empty_and_single_batch_corpus(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="mmpt_lite"):
         for num in (0, 8):
-            provider = make_plan_provider(retri_config(tmp_path), TableModel(clustered(max(num, 1))),
-                                          IndexedDataset(num), torch.device("cpu"))
+            provider = RetrievalPlanProvider(retri_config(tmp_path), TableModel(clustered(max(num, 1))),
+                                              IndexedDataset(num), torch.device("cpu"))
             assert provider(1) is None
     messages = " | ".join(r.getMessage() for r in caplog.records)
     assert "corpus is empty" in messages and "fit in one global batch" in messages
@@ -206,20 +206,20 @@ def test_provider_empty_and_single_batch_corpus(tmp_path, caplog):
 
 def test_resume_continues_the_provided_plan(tmp_path):
     dataset = IndexedDataset(40)
-    provider = make_plan_provider(retri_config(tmp_path, batch_size=4, start_epoch=0), TableModel(clustered(40)),
-                                  dataset, torch.device("cpu"))
+    provider = RetrievalPlanProvider(retri_config(tmp_path, batch_size=4, start_epoch=0), TableModel(clustered(40)),
+                                      dataset, torch.device("cpu"))
     loader = TrainLoader(dataset, batch_size=4, rank=0, world_size=1, seed=7, plan_provider=provider)
     batches = iter(loader)
-    seen = [next(batches)["video_index"] for _ in range(3)]
+    seen = [next(batches).video_index for _ in range(3)]
     state = loader.state_dict()
-    expected = next(batches)["video_index"]
+    expected = next(batches).video_index
 
     def must_not_mine(epoch):
         raise AssertionError("a resumed epoch must continue its checkpointed plan")
 
     resumed = TrainLoader(dataset, batch_size=4, rank=0, world_size=1, seed=7, plan_provider=must_not_mine)
     resumed.load_state_dict(state)
-    assert torch.equal(next(iter(resumed))["video_index"], expected)
+    assert torch.equal(next(iter(resumed)).video_index, expected)
     assert np.array_equal(state["plan"].numpy()[:3].reshape(3, -1), torch.stack(seen).numpy())
 
 
@@ -233,8 +233,8 @@ def _two_rank_worker(rank: int, world: int, port: int, out_dir: str, table: np.n
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
-        provider = make_plan_provider(retri_config(out_dir, batch_size=4), TableModel(table),
-                                      IndexedDataset(len(table)), torch.device("cpu"))
+        provider = RetrievalPlanProvider(retri_config(out_dir, batch_size=4), TableModel(table),
+                                          IndexedDataset(len(table)), torch.device("cpu"))
         plans = [provider(epoch) for epoch in (1, 2)]
         np.save(f"{out_dir}/plan_rank{rank}.npy", np.stack(plans))
     finally:
@@ -252,8 +252,8 @@ def test_provider_is_identical_on_two_ranks(tmp_path):
     for plan in plan0:
         assert set(plan.ravel()) == set(range(37))
     # Rank 0 planned from the gathered shards exactly what one process planning the same vectors makes.
-    single = make_plan_provider(retri_config(tmp_path / "single", batch_size=8), TableModel(table),
-                                IndexedDataset(len(table)), torch.device("cpu"))
+    single = RetrievalPlanProvider(retri_config(tmp_path / "single", batch_size=8), TableModel(table),
+                                    IndexedDataset(len(table)), torch.device("cpu"))
     vectors = single.embed_corpus(1)
     index = NeighbourIndex(vectors, kind="flat")
     expected = build_mined_plan(vectors, index, world_size=2, batch_size=4, neighbours_factor=2,

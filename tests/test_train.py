@@ -20,11 +20,6 @@ from mmpt_lite.train.optim import warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = [
-    "data.synthetic.size=tiny", "data.synthetic.train_videos=0", "data.num_frames=4", "data.video_size=32",
-    "data.batch_size=4", "data.num_workers=0", "data.num_candidates=2", "model.embed_dim=32", "model.text.word_dim=16",
-    "model.text.hidden_dim=32", "optim.warmup_steps=2", "train.log_every=1", "eval.enabled=false",
-]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +33,8 @@ def corpus(tmp_path_factory):
 
 
 def run_launch(jobtype, overrides, *, popen=False):
-    cmd = [sys.executable, "locallaunch.py", "projects/how2_pretrain.yaml", "--jobtype", jobtype]
-    for o in TINY + overrides:
+    cmd = [sys.executable, "locallaunch.py", "projects/debug_tiny.yaml", "--jobtype", jobtype]
+    for o in overrides:
         cmd += ["--set", o]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if popen:

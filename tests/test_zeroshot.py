@@ -17,7 +17,7 @@ from mmpt_lite.evaluation.features import (
 )
 from mmpt_lite.evaluation.runtime import EvalRuntime
 from mmpt_lite.evaluation.windows import frame_window_starts, retrieval_window_starts
-from mmpt_lite.evaluation.zeroshot import MsrvttRetrieval, YoucookRetrieval, evaluate_retrieval, retrieval_scores
+from mmpt_lite.evaluation.zeroshot import MsrvttRetrieval, YoucookRetrieval, retrieval_scores
 from mmpt_lite.models.build import build_model
 from mmpt_lite.models.preprocess import VideoInput
 
@@ -85,8 +85,7 @@ def test_scores_average_windows_and_sink_unreadable_columns():
 
 def test_corrupt_and_missing_videos_are_reported_and_counted_as_misses(msrvtt_root):
     model = tiny_model().train()
-    result = evaluate_retrieval(model, msrvtt_root / "msrvtt_test.csv", msrvtt_root, kind="msrvtt", num_windows=2,
-                                num_frames=4, fps=5.0, video_size=32, batch_size=2, device="cpu")
+    result = MsrvttRetrieval(RetrievalProtocol(2, 4, 5.0, 32), msrvtt_root).run(model, EvalRuntime(batch_size=2))
     assert model.training  # the caller's mode is restored
     assert result["num_texts"] == result["num_videos"] == 6
     assert result["missing"] == ["video8"] and result["num_missing"] == 1
@@ -94,8 +93,7 @@ def test_corrupt_and_missing_videos_are_reported_and_counted_as_misses(msrvtt_ro
     # The two bad columns rank last for their own captions: at most 4 of 6 captions can be in the top 4.
     assert result["R@5"] <= 100 * 5 / 6 and result["MeanR"] >= (5 + 5) / 6
     with pytest.raises(FileNotFoundError):
-        evaluate_retrieval(model, msrvtt_root / "nope.csv", msrvtt_root, kind="msrvtt", num_windows=1,
-                           num_frames=4, fps=5.0, video_size=32, batch_size=2, device="cpu")
+        MsrvttRetrieval(RetrievalProtocol(1, 4, 5.0, 32), msrvtt_root, msrvtt_root / "nope.csv")
 
 
 def test_youcook_rows_are_segments(tmp_path):
@@ -107,9 +105,8 @@ def test_youcook_rows_are_segments(tmp_path):
     dataset = YoucookRetrieval(RetrievalProtocol(), tmp_path).dataset  # the default list name
     assert [(r.start, r.end) for r in dataset.requests][:2] == [(0.0, 2.0), (2.0, 4.0)]
     assert dataset.requests[4].path.endswith("validation/103/ghi.mp4")
-    result = evaluate_retrieval(tiny_model(), tmp_path / "validation_youcook.csv", tmp_path, kind="youcook",
-                                num_windows=2, num_frames=4, fps=5.0, video_size=32, batch_size=4, device="cpu",
-                                num_workers=1)
+    evaluator = YoucookRetrieval(RetrievalProtocol(2, 4, 5.0, 32), tmp_path)
+    result = evaluator.run(tiny_model(), EvalRuntime(batch_size=4, num_workers=1))
     assert result["missing"] == ["ghi[1-3s]"]
     assert list(result["unreadable"]) == ["def[5-9s]"]  # the segment lies past the end of the file
 
@@ -143,7 +140,5 @@ def test_in_training_evaluation_is_the_evaluator_with_the_runs_protocol_and_deco
     model = tiny_model().train()
     result = evaluator.run(model, runtime)
     assert model.training and set(backends) == {"ffmpeg"}  # data.decoder reaches the decoder; mode restored
-    assert result == evaluate_retrieval(model, msrvtt_root / "msrvtt_test.csv", msrvtt_root, kind="msrvtt",
-                                        num_windows=2, num_frames=4, fps=5.0, video_size=32, batch_size=2,
-                                        device="cpu")
+    assert result == MsrvttRetrieval(RetrievalProtocol(2, 4, 5.0, 32), msrvtt_root).run(model, EvalRuntime(batch_size=2))
     assert cli.EVALUATORS == {"msrvtt": MsrvttRetrieval, "youcook": YoucookRetrieval, "hmdb": cli.HmdbProbe}

@@ -158,12 +158,6 @@ def lexicon_path(data: DataConfig) -> Path:
     return resolve_path(data.root) / data.action_negatives.lexicon
 
 
-def lexicon_pending(data: DataConfig) -> bool:
-    """Whether the lexicon is the synthetic corpus's own file that ``prepare.ensure_corpus`` has yet to write."""
-    path = lexicon_path(data)
-    return data.synthetic.enabled and path == resolve_path(data.root) / CORPUS_LEXICON and not path.exists()
-
-
 def load_lexicon(data: DataConfig) -> ActionLexicon:
     """The lexicon file ``data.action_negatives.lexicon`` names; a missing or bad one is a ConfigError naming it."""
     path = lexicon_path(data)

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mmpt_lite.data.action_negatives import ActionLexicon
+from mmpt_lite.config import DataConfig
+from mmpt_lite.data.action_negatives import ActionLexicon, load_lexicon
 from mmpt_lite.data.aligners import apply_crop, milnce_sample, random_crop, time_reversed_caption
+from mmpt_lite.data.batch import ClipBatch, collate
 
 
 def epoch_plan(num_videos: int, *, epoch: int, seed: int, world_size: int, batch_size: int,
@@ -72,9 +74,6 @@ class PlanBatchSampler:
     def __init__(self, plan: np.ndarray, *, rank: int, epoch: int, seed: int, start_step: int = 0):
         self.plan, self.rank, self.epoch, self.seed, self.start_step = plan, rank, epoch, seed, start_step
 
-    def __len__(self) -> int:
-        return max(0, len(self.plan) - self.start_step)
-
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step in range(self.start_step, len(self.plan)):
             row = self.plan[step, self.rank]
@@ -90,10 +89,10 @@ class MilNceClipDataset(Dataset):
     Returns {"video": uint8 [T, S, S, 3], "text": {name: int64 [K, L]}, "video_index": int64}; with
     ``reversed_twins`` each field gains a leading 2: the clip, then the same clip played backwards with
     its captions' direction words swapped (a hard negative only temporal order tells apart, as in
-    "Test of Time" / TACT). ``collate`` puts a batch's twins side by side. With an ``action_lexicon`` and
-    ``num_negatives`` = M > 0 a sample also has "negative_text" {name: int64 [M, L]}: its candidates with the
-    action phrase rewritten as actions none of them names, taken from the rest of the video's narration
-    (``negatives_from_video``) or from the whole lexicon (:mod:`mmpt_lite.data.action_negatives`), and
+    "Test of Time" / TACT); ``collate`` (:mod:`mmpt_lite.data.batch`) puts a batch's twins side by side.
+    With an ``action_lexicon`` and ``num_negatives`` = M > 0 a sample also has "negative_text"
+    {name: int64 [M, L]}: its candidates with the action phrase rewritten as actions none of them names,
+    taken from the rest of the video's narration (``negatives_from_video``) or from the whole lexicon (:mod:`mmpt_lite.data.action_negatives`), and
     "negative_mask" bool [M] (False where no candidate names an action; that row is padding).
     """
 
@@ -112,6 +111,18 @@ class MilNceClipDataset(Dataset):
         self.action_lexicon, self.num_negatives = action_lexicon, num_negatives
         self.negatives_from_video = negatives_from_video
         self._video_actions: dict[str, frozenset[str]] = {}  # actions each video's narration names (cache)
+
+    @classmethod
+    def from_config(cls, data: DataConfig, video_store, caption_store,
+                    tokenize: Callable[[list[str]], dict[str, torch.Tensor]]) -> MilNceClipDataset:
+        """The dataset the run's ``data`` section describes. With ``data.action_negatives.count`` the lexicon
+        is read here; a bad one is a ConfigError naming ``data.action_negatives.lexicon``."""
+        negatives = data.action_negatives
+        return cls(video_store, caption_store, tokenize, num_frames=data.num_frames, fps=data.fps,
+                   video_size=data.video_size, num_candidates=data.num_candidates, min_time=data.min_time,
+                   random_flip=data.random_flip, clips_per_video=data.clips_per_video,
+                   reversed_twins=data.reversed_twins, action_lexicon=load_lexicon(data) if negatives.count else None,
+                   num_negatives=negatives.count, negatives_from_video=negatives.pool == "video")
 
     def __len__(self) -> int:
         return len(self.video_ids) * self.clips_per_video
@@ -163,29 +174,6 @@ class MilNceClipDataset(Dataset):
                 "video_index": torch.tensor([index, index])}
 
 
-def collate(samples: list[dict]) -> dict:
-    """Stack samples: video uint8 [B,T,S,S,3], text {name: [B,K,L]}, video_index [B] (and the negatives).
-
-    Samples carrying twins (a leading 2 on every field) give B = 2 × samples, twins adjacent.
-    """
-    twins = samples[0]["video_index"].ndim == 1
-
-    def stack(values: list[torch.Tensor]) -> torch.Tensor:
-        out = torch.stack(values)
-        return out.flatten(0, 1) if twins else out
-
-    batch = {
-        "video": stack([s["video"] for s in samples]),
-        "text": {k: stack([s["text"][k] for s in samples]) for k in samples[0]["text"]},
-        "video_index": stack([s["video_index"] for s in samples]),
-    }
-    if "negative_text" in samples[0]:  # [B, M, L] and [B, M]
-        batch["negative_text"] = {k: torch.stack([s["negative_text"][k] for s in samples])
-                                  for k in samples[0]["negative_text"]}
-        batch["negative_mask"] = torch.stack([s["negative_mask"] for s in samples])
-    return batch
-
-
 class TrainLoader:
     """Endless iterator over epochs of this rank's batches; ``position`` is what to checkpoint.
 
@@ -234,7 +222,7 @@ class TrainLoader:
         return epoch_plan(len(self.dataset), epoch=epoch, seed=self.seed, world_size=self.world_size,
                           batch_size=self.batch_size, group=self.group)
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[ClipBatch]:
         if self.plan_provider is None:
             yield from self._iter_shuffled()
             return
@@ -253,7 +241,7 @@ class TrainLoader:
                 yield batch
             self.position = DataPosition(epoch + 1, 0)
 
-    def _iter_shuffled(self) -> Iterator[dict]:
+    def _iter_shuffled(self) -> Iterator[ClipBatch]:
         """Shuffled epochs through one DataLoader that spans them, so the workers start once (a small
         corpus has epochs of a few steps; restarting workers each epoch cost more than the steps). The
         sampler runs ahead of the trainer by the prefetch depth, so each batch carries its own
@@ -302,5 +290,5 @@ class _PositionTagged(Dataset):
         return self.dataset[(index, seed)], (epoch, step)
 
 
-def _collate_tagged(samples: list[tuple[dict, tuple[int, int]]]) -> tuple[dict, tuple[int, int]]:
+def _collate_tagged(samples: list[tuple[dict, tuple[int, int]]]) -> tuple[ClipBatch, tuple[int, int]]:
     return collate([sample for sample, _ in samples]), samples[0][1]

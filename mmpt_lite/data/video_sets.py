@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from torch.utils.data import Dataset
 
 from mmpt_lite.config import RunConfig, resolve_path
 from mmpt_lite.data.aligners import apply_crop, mae_frame_indices, multiscale_crop
-from mmpt_lite.data.prepare import default_shard_root, ensure_corpus, ensure_shards, storage_short_side
+from mmpt_lite.data.prepare import PreparedData, default_shard_root, ensure_corpus, ensure_shards, storage_short_side
 from mmpt_lite.data.shards import ShardedVideoStore
 from mmpt_lite.data.video import resize_rgb
 
@@ -40,19 +39,6 @@ SSV2_FPS = 12.0  # Something-Something v2 videos are 12 fps webm
 # Frames per second the video-only sets are sharded at: their native rates (most Kinetics videos are 30 fps).
 NATIVE_FPS = {"ssv2": SSV2_FPS, "kinetics": 30.0}
 TRAIN_LISTS = {"ssv2": "train.json", "kinetics": "train.txt"}
-
-
-@dataclass
-class MaePreparedData:
-    cfg: RunConfig  # data.shard_root filled in
-    name: str
-    root: Path
-    shard_root: Path
-    video_store: ShardedVideoStore
-
-    @property
-    def num_videos(self) -> int:
-        return len(self.video_store.video_ids)
 
 
 def train_video_paths(set_root: Path, dataset: str) -> list[str]:
@@ -96,8 +82,9 @@ def ensure_set_shards(cfg: RunConfig, root: Path, dataset: str, build: bool) -> 
     return shard_root
 
 
-def prepare_mae_data(cfg: RunConfig, *, build: bool) -> MaePreparedData:
-    """Ensure the video-only training shards of ``mae.dataset`` exist (building what is missing when ``build``)."""
+def prepare_mae_data(cfg: RunConfig, *, build: bool) -> PreparedData:
+    """Ensure the video-only training shards of ``mae.dataset`` exist (building what is missing when ``build``);
+    the result has no captions and no evaluation set."""
     root = resolve_path(cfg.data.root)
     dataset = cfg.mae.dataset
     if dataset == "shards":  # the MIL-NCE corpus's frames; captions and word vectors are not needed
@@ -109,14 +96,14 @@ def prepare_mae_data(cfg: RunConfig, *, build: bool) -> MaePreparedData:
         shard_root = ensure_set_shards(cfg, root, dataset, build)
         name = f"{'how2-synth' if cfg.data.synthetic.enabled else root.name}/{dataset}"
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, shard_root=str(shard_root)))
-    return MaePreparedData(cfg=cfg, name=name, root=root, shard_root=shard_root,
-                           video_store=ShardedVideoStore(shard_root))
+    return PreparedData(cfg=cfg, name=name, root=root, shard_root=shard_root, video_store=ShardedVideoStore(shard_root),
+                        caption_store=None, msrvtt_csv=None, msrvtt_root=None)
 
 
 class MaeClipDataset(Dataset):
     """One masked-pretraining clip per (video index, sample seed).
 
-    Returns {"video": uint8 [T, S, S, 3], "text": {} (video only), "video_index": int64}.
+    Returns {"video": uint8 [T, S, S, 3], "video_index": int64} (no text: collate gives ``text`` None).
     """
 
     def __init__(self, video_store: ShardedVideoStore, *, num_frames: int, stride: int, video_size: int):
@@ -136,4 +123,4 @@ class MaeClipDataset(Dataset):
         frames = np.stack([self.videos.read_frames(vid, int(i), 1)[0] for i in unique])[where]
         crop = multiscale_crop(frames.shape[1], frames.shape[2], rng, flip=False)
         clip = np.stack([resize_rgb(np.ascontiguousarray(f), self.size, self.size) for f in apply_crop(frames, crop)])
-        return {"video": torch.from_numpy(clip), "text": {}, "video_index": torch.tensor(index)}
+        return {"video": torch.from_numpy(clip), "video_index": torch.tensor(index)}

@@ -177,17 +177,3 @@ class YoucookRetrieval(RetrievalEvaluator):
                                  float(row.start), float(row.end))
                     for row in table.itertuples(index=False)]
         return RetrievalSet(self.name, [str(t) for t in table["text"]], requests)
-
-
-def evaluate_retrieval(model: torch.nn.Module, csv_path: str | Path, video_root: str | Path, *, kind: str,
-                       num_windows: int, num_frames: int, fps: float, video_size: int, batch_size: int,
-                       device: torch.device | str, num_workers: int = 0) -> dict:
-    """In-training zero-shot retrieval check in keyword form; see :meth:`RetrievalEvaluator.run`.
-
-    Same as ``MsrvttRetrieval.from_run_config(cfg, video_root, csv_path).run(model,
-    EvalRuntime.for_training(cfg, device))`` with these values in ``cfg``.
-    """
-    evaluator = {c.name: c for c in (MsrvttRetrieval, YoucookRetrieval)}[kind]
-    protocol = RetrievalProtocol(num_windows, num_frames, fps, video_size)
-    runtime = EvalRuntime(torch.device(device), batch_size, num_workers)
-    return evaluator(protocol, video_root, csv_path).run(model, runtime)

@@ -27,7 +27,7 @@ MAX_INV_TEMPERATURE = 100.0
 
 class InfoNCELoss(nn.Module):
     def __init__(self, temperature: float = 0.07, learn_temperature: bool = False,
-                 candidates: Literal["mean", "first"] = "mean", gather: bool = True):
+                 candidates: Literal["mean", "first"] = "mean"):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"loss.temperature must be > 0, got {temperature}")
@@ -39,7 +39,6 @@ class InfoNCELoss(nn.Module):
         else:
             self.register_buffer("log_inv_temperature", log_inv)
         self.candidates = candidates
-        self.gather = gather
 
     def forward(self, *, video_embedding: torch.Tensor, text_embedding: torch.Tensor,
                 num_candidates: int = 1) -> dict[str, torch.Tensor]:
@@ -53,9 +52,8 @@ class InfoNCELoss(nn.Module):
         dtype = torch.promote_types(video_embedding.dtype, torch.float32)  # bf16/fp16 -> fp32; fp64 stays
         video = F.normalize(video_embedding.to(dtype), dim=-1)
         text = F.normalize(text.to(dtype), dim=-1)
-        if self.gather:
-            video = all_gather_with_grad(video)
-            text = all_gather_with_grad(text)
+        video = all_gather_with_grad(video)
+        text = all_gather_with_grad(text)
         inv_temperature = self.log_inv_temperature.clamp(max=math.log(MAX_INV_TEMPERATURE)).exp()
         logits = inv_temperature * (video @ text.t())
         target = torch.arange(logits.shape[0], device=logits.device)

@@ -30,7 +30,7 @@ from mmpt_lite.distributed import all_gather_with_grad
 
 
 def milnce_loss(video_embedding: torch.Tensor, text_embedding: torch.Tensor, *, num_candidates: int,
-                gather: bool = True, negative_embedding: torch.Tensor | None = None,
+                negative_embedding: torch.Tensor | None = None,
                 negative_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """MIL-NCE on ``video_embedding`` [B, D] and ``text_embedding`` [B·K, D] (K = ``num_candidates``),
     with optional per-video hard negatives ``negative_embedding`` [B, M, D] (``negative_mask`` bool [B, M]).
@@ -41,13 +41,12 @@ def milnce_loss(video_embedding: torch.Tensor, text_embedding: torch.Tensor, *, 
     interchangeable candidates a negative that carries no information wins K/(K+1) of the time, not
     half). At least float32.
     """
-    if gather:
-        video_embedding = all_gather_with_grad(video_embedding)
-        text_embedding = all_gather_with_grad(text_embedding)
-        if negative_embedding is not None:
-            negative_embedding = all_gather_with_grad(negative_embedding)
-            if negative_mask is not None:
-                negative_mask = all_gather_with_grad(negative_mask.to(torch.uint8))  # gloo gathers no bool
+    video_embedding = all_gather_with_grad(video_embedding)
+    text_embedding = all_gather_with_grad(text_embedding)
+    if negative_embedding is not None:
+        negative_embedding = all_gather_with_grad(negative_embedding)
+        if negative_mask is not None:
+            negative_mask = all_gather_with_grad(negative_mask.to(torch.uint8))  # gloo gathers no bool
     batch = video_embedding.shape[0]
     if text_embedding.shape[0] != batch * num_candidates:
         raise ValueError(f"milnce_loss: {text_embedding.shape[0]} text rows for {batch} videos × "
@@ -80,12 +79,8 @@ def milnce_loss(video_embedding: torch.Tensor, text_embedding: torch.Tensor, *, 
 class MILNCELoss(nn.Module):
     """Module form of :func:`milnce_loss` (no parameters), the shape ``build_loss`` returns."""
 
-    def __init__(self, gather: bool = True):
-        super().__init__()
-        self.gather = gather
-
     def forward(self, *, video_embedding: torch.Tensor, text_embedding: torch.Tensor, num_candidates: int,
                 negative_embedding: torch.Tensor | None = None,
                 negative_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        return milnce_loss(video_embedding, text_embedding, num_candidates=num_candidates, gather=self.gather,
+        return milnce_loss(video_embedding, text_embedding, num_candidates=num_candidates,
                            negative_embedding=negative_embedding, negative_mask=negative_mask)

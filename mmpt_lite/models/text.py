@@ -85,8 +85,7 @@ class Word2VecTextTower(nn.Module):
     """
 
     def __init__(self, num_embeddings: int, word_dim: int = 300, hidden_dim: int = 2048, embed_dim: int = 512,
-                 *, tokenizer: WordTokenizer | None = None, vectors: torch.Tensor | None = None,
-                 train_embeddings: bool = False):
+                 *, tokenizer: WordTokenizer | None = None, train_embeddings: bool = False):
         super().__init__()
         if tokenizer is not None and tokenizer.num_embeddings > num_embeddings:
             raise ValueError(f"the vocabulary needs {tokenizer.num_embeddings} embedding rows, "
@@ -95,8 +94,6 @@ class Word2VecTextTower(nn.Module):
         self.fc1 = nn.Linear(word_dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, embed_dim)
         self.word_tokenizer = tokenizer
-        if vectors is not None:
-            self.set_word_vectors(vectors)
         self.word_embd.weight.requires_grad_(train_embeddings)
 
     @property

@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -40,7 +39,8 @@ from torch.utils.data import DataLoader
 
 from mmpt_lite import distributed as mdist
 from mmpt_lite.config import RunConfig, resolve_path
-from mmpt_lite.data.loader import collate, epoch_plan
+from mmpt_lite.data.batch import collate
+from mmpt_lite.data.loader import epoch_plan
 from mmpt_lite.models.preprocess import VideoInput
 from mmpt_lite.retrieval.index import NeighbourIndex
 from mmpt_lite.retrieval.plan import build_mined_plan, mean_batch_similarity
@@ -74,16 +74,16 @@ def embed_videos(model: torch.nn.Module, dataset, videos: range, *, epoch: int, 
     if not items:
         return torch.zeros(0, 0)
     video_input = VideoInput(model, device)
-    loader = DataLoader(_ItemDataset(dataset, items), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=collate)
+    # The items are the sampler: the loader reads dataset[item] in their order, in its workers.
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=items, num_workers=num_workers, collate_fn=collate)
     # Row of each item's video in the result; the loader keeps the item order, so batch b is items[b·B:(b+1)·B].
     rows = torch.tensor([v - videos.start for v, _ in items])
     sums: torch.Tensor | None = None
     for step, batch in enumerate(loader):
-        video = video_input(batch["video"])
-        tokens = {k: v.to(device) for k, v in batch["text"].items()}  # [B, K, L]
+        batch = batch.to(device)
+        video = video_input(batch.video)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = model(video=video, text=tokens)
+            out = model(video=video, text=batch.text)  # the candidates only: [B, K, L] -> B·K text rows
         v = F.normalize(out["video_embedding"].float(), dim=-1)
         t = F.normalize(out["text_embedding"].float(), dim=-1).view(len(v), -1, v.shape[-1]).mean(1)
         vectors = ((v + F.normalize(t, dim=-1)) / 2).cpu()
@@ -91,19 +91,6 @@ def embed_videos(model: torch.nn.Module, dataset, videos: range, *, epoch: int, 
             sums = torch.zeros(len(videos), vectors.shape[-1])
         sums.index_add_(0, rows[step * batch_size:step * batch_size + len(vectors)], vectors)
     return sums / clips_per_video
-
-
-class _ItemDataset(torch.utils.data.Dataset):
-    """A list of (video index, sample seed) items read from ``dataset`` (so DataLoader workers decode)."""
-
-    def __init__(self, dataset, items: list[tuple[int, int]]):
-        self.dataset, self.items = dataset, items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.dataset[self.items[i]]
 
 
 def gather_to_main(local: torch.Tensor, num_videos: int, dim: int, device: torch.device) -> np.ndarray | None:
@@ -220,8 +207,3 @@ class RetrievalPlanProvider:
             log.warning("retri: cannot append to %s: %s", self.log_path, exc)
         return mined.plan
 
-
-def make_plan_provider(cfg: RunConfig, model: torch.nn.Module, dataset, device: torch.device
-                       ) -> Callable[[int], np.ndarray | None]:
-    """The ``TrainLoader.plan_provider`` for ``retri.enabled`` runs (see the module docstring)."""
-    return RetrievalPlanProvider(cfg, model, dataset, device)

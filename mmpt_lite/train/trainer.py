@@ -24,9 +24,9 @@ from mmpt_lite import distributed as mdist
 from mmpt_lite.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmpt_lite.config import RunConfig
 from mmpt_lite.data.loader import TrainLoader
-from mmpt_lite.models.preprocess import VideoInput
 from mmpt_lite.train.logging import MetricLogger
 from mmpt_lite.train.optim import build_optimizer, build_scheduler
+from mmpt_lite.train.tasks.base import Task
 
 log = logging.getLogger("mmpt_lite")
 
@@ -52,48 +52,16 @@ def peak_flops_per_s(device: torch.device, configured_tflops: float = 0.0) -> fl
     return 0.0
 
 
-class ContrastiveTask:
-    """Video-text batches -> the contrastive loss (MIL-NCE or InfoNCE) of ``loss_fn``.
-
-    A task turns one collated batch into ``{"loss": scalar, "batch_size": int, ...logged scalars}``
-    given the (possibly DDP-wrapped) model; the trainer owns everything else. Other objectives
-    (masked pretraining) provide their own task with the same call signature.
-    """
-
-    def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device):
-        self.loss_fn, self.device = loss_fn, device
-        self.video_input = VideoInput(model, device)
-
-    def __call__(self, module: torch.nn.Module, batch: dict) -> dict:
-        video = self.video_input(batch["video"])
-        tokens = {k: v.to(self.device, non_blocking=True) for k, v in batch["text"].items()}
-        b, num_candidates = next(iter(tokens.values())).shape[:2]  # [B, K, L]
-        text = {k: v.flatten(0, 1) for k, v in tokens.items()}
-        negatives = batch.get("negative_text")  # [B, M, L]: one text-tower pass with the candidates
-        if negatives is not None:
-            text = {k: torch.cat((v, negatives[k].to(self.device, non_blocking=True).flatten(0, 1)))
-                    for k, v in text.items()}
-        out = module(video=video, text=text)
-        text_embedding = out["text_embedding"].float()
-        extra = {}
-        if negatives is not None:
-            extra = {"negative_embedding": text_embedding[b * num_candidates:].view(b, -1, text_embedding.shape[-1]),
-                     "negative_mask": batch["negative_mask"].to(self.device, non_blocking=True)}
-            text_embedding = text_embedding[:b * num_candidates]
-        result = self.loss_fn(video_embedding=out["video_embedding"].float(), text_embedding=text_embedding,
-                              num_candidates=num_candidates, **extra)
-        return {**result, "batch_size": video.shape[0]}
-
-
 class Trainer:
-    def __init__(self, cfg: RunConfig, *, model: torch.nn.Module, loss_fn: torch.nn.Module, loader: TrainLoader,
+    """Runs any objective: ``task.step(module, batch)`` gives the loss, the trainer owns everything else."""
+
+    def __init__(self, cfg: RunConfig, *, model: torch.nn.Module, task: Task, loader: TrainLoader,
                  device: torch.device, out_dir: Path, eval_fn: Callable[[torch.nn.Module], dict] | None = None,
-                 task: Callable[[torch.nn.Module, dict], dict] | None = None, flops_per_video: float = 0.0):
+                 flops_per_video: float = 0.0):
         self.cfg, self.device, self.out_dir, self.eval_fn = cfg, device, out_dir, eval_fn
-        self.task = task if task is not None else ContrastiveTask(model, loss_fn, device)
+        self.task = task
         self.rank, self.world = mdist.get_rank(), mdist.get_world_size()
         self.model = model.to(device)  # unwrapped: what checkpoints hold and evaluation uses
-        self.loss_fn = loss_fn.to(device)
         self.loader = loader
         self.ddp = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
                     if self.world > 1 else self.model)
@@ -102,7 +70,7 @@ class Trainer:
             self.total_steps = cfg.train.epochs * math.ceil(loader.steps_per_epoch() / self.accum)
         else:
             self.total_steps = cfg.train.max_steps
-        self.optimizer = build_optimizer(cfg.optim, [self.model, self.loss_fn], fused=device.type == "cuda")
+        self.optimizer = build_optimizer(cfg.optim, [self.model, *task.modules()], fused=device.type == "cuda")
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
         use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
@@ -119,7 +87,7 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "loss": self.loss_fn.state_dict(), "data_position": self.loader.state_dict(),
+                "task": self.task.state_dict(), "data_position": self.loader.state_dict(),
                 "nonfinite_total": self.nonfinite_total, "world_size": self.world,
                 "rng_by_rank": self._gather_rng(rng)}
 
@@ -143,7 +111,7 @@ class Trainer:
         state = ckpt["train_state"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.loss_fn.load_state_dict(state["loss"])
+        self.task.load_state_dict(state["task"])
         self.loader.load_state_dict(state["data_position"])
         self.step = int(state["step"])
         self.nonfinite_total = int(state["nonfinite_total"])
@@ -173,7 +141,7 @@ class Trainer:
             sync = i == self.accum - 1 or self.world == 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 with self.autocast():
-                    result = self.task(self.ddp, batch)
+                    result = self.task.step(self.ddp, batch)
                 loss = result["loss"]
                 if not ok or not self._all_finite(loss):
                     ok = False

@@ -1,8 +1,9 @@
-"""Masked video pretraining as a trainer task (``train.task: mae``): model, masks, loss, FLOPs.
+"""Masked video pretraining (``train.task: mae``): model, masks, loss, FLOPs.
 
-The data (video-only sets, clip sampling) is ``mmpt_lite.data.video_sets``. On the device the task
-normalises with the encoder's mean/std, draws the masks from a per-step ``torch.Generator`` there
-(no mask tensors travel through the loader) and returns the model's loss.
+The data (video-only sets, clip sampling; ``prepare`` = ``prepare_mae_data``) is
+``mmpt_lite.data.video_sets``. On the device the task normalises with the encoder's mean/std, draws
+the masks from a per-step ``torch.Generator`` there (no mask tensors travel through the loader) and
+returns the model's loss.
 """
 
 from __future__ import annotations
@@ -15,25 +16,26 @@ from torch import nn
 
 from mmpt_lite import distributed as mdist
 from mmpt_lite.config import RunConfig
-from mmpt_lite.data.video_sets import MaeClipDataset, MaePreparedData
+from mmpt_lite.data.batch import ClipBatch
+from mmpt_lite.data.prepare import PreparedData
+from mmpt_lite.data.video_sets import MaeClipDataset
+from mmpt_lite.data.video_sets import prepare_mae_data as prepare  # noqa: F401 - the task module's prepare
 from mmpt_lite.models.flops import TRAIN_FLOPS_PER_MAC, mae_macs_per_video, param_count
 from mmpt_lite.models.mae import VideoMAEPretrainer, build_mae_pretrainer
 from mmpt_lite.models.preprocess import VideoInput
-from mmpt_lite.train.main import Components
+from mmpt_lite.train.tasks.base import Components, Task
 
 log = logging.getLogger("mmpt_lite")
 
 
-class MaskSeeds(nn.Module):
+class MaskSeeds:
     """Where each micro-batch's masks come from: a device generator seeded by (train.seed, rank, count).
 
-    It takes the trainer's loss-module slot because the trainer checkpoints that module's state:
-    the count travels in ``train_state.pt`` (as ``_extra_state``), so a resumed run draws the masks
-    an uninterrupted run would have drawn. It has no parameters.
+    The count is the masked task's state in ``train_state.pt``, so a resumed run draws the masks an
+    uninterrupted run would have drawn.
     """
 
     def __init__(self, seed: int, rank: int):
-        super().__init__()
         self.seed, self.rank, self.drawn = seed, rank, 0
         self._generators: dict[torch.device, torch.Generator] = {}
 
@@ -43,27 +45,39 @@ class MaskSeeds(nn.Module):
         self.drawn += 1
         return generator.manual_seed(int(state))
 
-    def get_extra_state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"drawn": self.drawn}
 
-    def set_extra_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.drawn = int(state["drawn"])
 
 
-class MaeTask:
+class MaskedTask(Task):
     """uint8 batch -> normalised video on the device -> masks from ``seeds`` -> the model's loss."""
 
     def __init__(self, model: VideoMAEPretrainer, seeds: MaskSeeds, device: torch.device):
         self.seeds, self.device = seeds, device
         self.video_input = VideoInput(model, device)
 
-    def __call__(self, module: nn.Module, batch: dict) -> dict:
-        video = self.video_input(batch["video"])
+    def step(self, module: nn.Module, batch: ClipBatch) -> dict:
+        video = self.video_input(batch.video)
         out = module(video, generator=self.seeds.next_generator(self.device))
         return {"loss": out["loss"], "batch_size": video.shape[0]}
 
+    def state_dict(self) -> dict:
+        return self.seeds.state_dict()
 
-def build_mae_components(cfg: RunConfig, prepared: MaePreparedData, device: torch.device) -> Components:
+    def load_state_dict(self, state: dict) -> None:
+        self.seeds.load_state_dict(state)
+
+
+def describe(cfg: RunConfig) -> str:
+    m = cfg.mae
+    return (f"video={cfg.model.video.preset} | masked pretraining: {m.masking} masking {m.mask_ratio:g}, "
+            f"decoder depth {m.decoder_depth}")
+
+
+def build(cfg: RunConfig, prepared: PreparedData, device: torch.device) -> Components:
     if cfg.model.video.init_from:
         raise ValueError("model.video.init_from initialises contrastive runs; masked pretraining starts from scratch")
     model = build_mae_pretrainer(cfg.model.video.preset, cfg.mae)
@@ -73,6 +87,5 @@ def build_mae_components(cfg: RunConfig, prepared: MaePreparedData, device: torc
              cfg.mae.masking, param_count(model) / 1e6, macs / 1e9)
     dataset = MaeClipDataset(prepared.video_store, num_frames=cfg.data.num_frames, stride=cfg.mae.sampling_stride,
                              video_size=cfg.data.video_size)
-    seeds = MaskSeeds(cfg.train.seed, mdist.get_rank())
-    return Components(model=model, loss_fn=seeds, dataset=dataset, task=MaeTask(model, seeds, device),
-                      eval_fn=None, flops_per_video=TRAIN_FLOPS_PER_MAC * macs)
+    task = MaskedTask(model, MaskSeeds(cfg.train.seed, mdist.get_rank()), device)
+    return Components(model=model, dataset=dataset, task=task, flops_per_video=TRAIN_FLOPS_PER_MAC * macs)
