@@ -87,10 +87,6 @@ class DataConfig:
     # Clips of one video side by side in a batch, each anchored in a different part of its captions: they
     # share the scene and objects, so telling them apart takes the actions (1 = MIL-NCE, one per video).
     clips_per_video: int = 1
-    # Every clip also enters the batch played backwards, its captions' direction words swapped (left/right,
-    # grows/shrinks, appears/disappears): a hard negative that only temporal order separates. Doubles the
-    # clips per step (batch_size counts samples). For corpora whose actions read backwards as their opposites.
-    reversed_twins: bool = False
     action_negatives: ActionNegativesConfig = field(default_factory=ActionNegativesConfig)
     num_workers: int = 2
     # Video decoder (mmpt_lite.data.decoders) for shard building and evaluation; they select the same frames.
@@ -240,9 +236,6 @@ class RunConfig:
         clips, batch = self.data.clips_per_video, self.data.batch_size
         if clips < 1 or batch % clips:
             raise ConfigError(f"data.clips_per_video: {clips} must be at least 1 and divide data.batch_size ({batch})")
-        if self.data.reversed_twins and self.retri.enabled:
-            raise ConfigConflict("data.reversed_twins: retrieval-augmented batches (retri.enabled) embed single clips; "
-                                 "turn one of them off")
         if self.data.synthetic.train_videos < 0:
             raise ConfigError(f"data.synthetic.train_videos: {self.data.synthetic.train_videos} must be >= 0 "
                               "(0: the size preset's)")
@@ -252,8 +245,6 @@ class RunConfig:
         if negatives and self.loss.name != "milnce":
             raise ConfigConflict(f"data.action_negatives.count: hard-negative captions need loss.name milnce, "
                                  f"not {self.loss.name!r}")
-        if negatives and self.data.reversed_twins:
-            raise ConfigConflict("data.action_negatives.count: not combined with data.reversed_twins; turn one off")
         if clips > 1 and self.retri.enabled:
             raise ConfigConflict("data.clips_per_video: retrieval-augmented batches (retri.enabled) plan one clip per "
                                  "video; use 1 with retri")
@@ -442,12 +433,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     return config_from_dict(data, str(path))
 
 
-def config_to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
 
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:

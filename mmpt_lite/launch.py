@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     save_config(cfg, config_path)
     if args.jobtype == "local_single":  # the entry point in this process (a kill stops the run, no orphan)
         from mmpt_lite.train.main import run
-        return run(cfg, config_path=config_path)
+        return run(cfg)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default; explicit so each rank owns one core
     return subprocess.call(cmd, env=env)

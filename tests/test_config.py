@@ -127,8 +127,6 @@ def test_clips_per_video_must_divide_the_batch_and_excludes_retri(tmp_path):
     assert load_config(path).data.clips_per_video == 2
     with pytest.raises(ConfigError, match="--set retri.enabled=true: data.clips_per_video"):
         load_config(path, ["retri.enabled=true"])
-    with pytest.raises(ConfigError, match="data.reversed_twins: retrieval"):
-        load_config(path, ["data.clips_per_video=1", "data.reversed_twins=true", "retri.enabled=true"])
 
 
 def test_action_negatives_checks(tmp_path):
@@ -140,8 +138,6 @@ def test_action_negatives_checks(tmp_path):
         load_config(path, ["data.action_negatives.count=-1"])
     with pytest.raises(ConfigError, match="need loss.name milnce, not 'infonce'"):
         load_config(path, ["loss.name=infonce"])
-    with pytest.raises(ConfigError, match="not combined with data.reversed_twins"):
-        load_config(path, ["data.reversed_twins=true"])
     with pytest.raises(ConfigError, match="data.action_negatives.lexcon"):
         load_config(path, ["data.action_negatives.lexcon=x"])
 

@@ -12,16 +12,15 @@ import torch
 from conftest import make_video
 from safetensors.torch import save_file
 
-from mmpt_lite.checkpoint import resolve_run_checkpoint, save_checkpoint
+from mmpt_lite.checkpoint import FORMAT as MMPT_FORMAT
+from mmpt_lite.checkpoint import CheckpointFormatError, resolve_run_checkpoint, save_checkpoint
 from mmpt_lite.config import MaeConfig, ModelConfig, RunConfig, TextTowerConfig, VideoTowerConfig
 from mmpt_lite.evaluation import cli
 from mmpt_lite.evaluation.checkpoints import (
     MILNCE_REPO,
-    MMPT_FORMAT,
     MMPT_MAE_FORMAT,
     RANDOM_INIT,
     S3D_OFFICIAL,
-    CheckpointFormatError,
     detect_checkpoint,
     load_model,
 )

@@ -129,7 +129,6 @@ def test_raw_frames_equal_direct_decode(corpus, raw_shards):
         tail = store.read_frames(video_id, total - 2, 16)   # clamped at the end of the video
         assert tail.shape[0] == 2 and np.array_equal(tail, direct(corpus, video_id, total - 2, 2))
         assert store.read_frames(video_id, total + 5, 4).shape[0] == 0
-    assert store.frame_size("bikes") == (96, 226)
     assert store.read_frames("bikes", 0, 3, out_size=(48, 64)).shape == (3, 48, 64, 3)
     with pytest.raises(KeyError, match="corrupt"):
         store.read_frames("corrupt", 0, 1)

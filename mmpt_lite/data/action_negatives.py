@@ -24,9 +24,6 @@ import numpy as np
 
 from mmpt_lite.config import ConfigError, DataConfig, resolve_path
 
-# A corpus's lexicon file by default (``data.action_negatives.lexicon``); the synthetic generator writes it.
-CORPUS_LEXICON = "actions.tsv"
-
 # The object slot: 1-4 words, none of them "and" (which joins a second object's phrase). Inside a phrase it
 # is as short as the rest of the phrase allows; at the end of one, as long as possible.
 _WORD = r"(?!and(?!\S))\S+"

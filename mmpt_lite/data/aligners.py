@@ -135,26 +135,3 @@ def apply_crop(frames: np.ndarray, crop: CropChoice) -> np.ndarray:
     """Crop (and flip) uint8 frames [T,H,W,3] -> [T,h,w,3] (a view when not flipped)."""
     out = frames[:, crop.top:crop.top + crop.height, crop.left:crop.left + crop.width]
     return out[:, :, ::-1] if crop.flip else out
-
-
-# Words whose meaning flips when a clip plays backwards (moving left reversed is moving right, growing
-# reversed is shrinking, appearing reversed is disappearing). Single words only: multi-word phrases
-# ("fades in") keep their other words, which is acceptable noise for a hard negative.
-_REVERSED_PAIRS = (
-    ("left", "right"), ("leftwards", "rightwards"), ("up", "down"), ("upwards", "downwards"),
-    ("top", "bottom"), ("rises", "sinks"), ("lift", "lower"), ("clockwise", "anticlockwise"),
-    ("grow", "shrink"), ("grows", "shrinks"), ("bigger", "smaller"), ("larger", "smaller"),
-    ("expands", "contracts"), ("enlarge", "squeeze"), ("appear", "disappear"), ("appears", "disappears"),
-    ("appearing", "disappearing"), ("in", "out"), ("into", "out of"), ("add", "remove"),
-)
-TIME_REVERSED_WORDS = {**{a: b for a, b in _REVERSED_PAIRS}, **{b: a for a, b in _REVERSED_PAIRS},
-                       "counterclockwise": "clockwise", "larger": "smaller", "smaller": "bigger"}
-
-
-def time_reversed_caption(text: str) -> str:
-    """The caption of the same clip played backwards: direction words swapped (lower-cased text).
-
-    ``time_reversed_caption("the red star moves to the left")`` -> ``"the red star moves to the right"``.
-    Captions without such words come back unchanged (their reversed clip is no hard negative).
-    """
-    return " ".join(TIME_REVERSED_WORDS.get(word, word) for word in text.lower().split())

@@ -12,7 +12,7 @@ Tokens = dict[str, torch.Tensor]
 
 @dataclass
 class ClipBatch:
-    """B clips and their captions (B = samples, or 2 × samples when each sample carries reversed twins).
+    """B clips and their captions.
 
     video: uint8 [B, T, S, S, 3], frames as decoded (``models.preprocess`` makes the model input on the device)
     video_index: int64 [B], each clip's video in the corpus
@@ -50,14 +50,8 @@ class ClipBatch:
 
 def collate(samples: list[dict]) -> ClipBatch:
     """Stack samples ({"video", "video_index"}, optionally "text", "negative_text", "negative_mask"; the
-    shapes above without B). Samples carrying twins (a leading 2 on every field) give B = 2 × samples,
-    twins adjacent."""
-    twins = samples[0]["video_index"].ndim == 1
-
-    def stack(values: list[torch.Tensor]) -> torch.Tensor:
-        out = torch.stack(values)
-        return out.flatten(0, 1) if twins else out
-
+    shapes above without B)."""
+    stack = torch.stack
     first = samples[0]
     batch = ClipBatch(stack([s["video"] for s in samples]), stack([s["video_index"] for s in samples]))
     if first.get("text") is not None:

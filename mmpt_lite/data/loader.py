@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmpt_lite.config import DataConfig
 from mmpt_lite.data.action_negatives import ActionLexicon, load_lexicon
-from mmpt_lite.data.aligners import apply_crop, milnce_sample, random_crop, time_reversed_caption
+from mmpt_lite.data.aligners import apply_crop, milnce_sample, random_crop
 from mmpt_lite.data.batch import ClipBatch, collate
 
 
@@ -86,10 +86,7 @@ class MilNceClipDataset(Dataset):
     Reads frames from a sharded store (frames at ``store.fps``) and captions from a caption store.
     With ``clips_per_video`` = c, sample ``v * c + j`` is video v's clip from the j-th of c equal runs of
     its captions (so ``len`` = c × videos; ``epoch_plan(..., group=c)`` keeps a video's c clips in one batch).
-    Returns {"video": uint8 [T, S, S, 3], "text": {name: int64 [K, L]}, "video_index": int64}; with
-    ``reversed_twins`` each field gains a leading 2: the clip, then the same clip played backwards with
-    its captions' direction words swapped (a hard negative only temporal order tells apart, as in
-    "Test of Time" / TACT); ``collate`` (:mod:`mmpt_lite.data.batch`) puts a batch's twins side by side.
+    Returns {"video": uint8 [T, S, S, 3], "text": {name: int64 [K, L]}, "video_index": int64}.
     With an ``action_lexicon`` and ``num_negatives`` = M > 0 a sample also has "negative_text"
     {name: int64 [M, L]}: its candidates with the action phrase rewritten as actions none of them names,
     taken from the rest of the video's narration (``negatives_from_video``) or from the whole lexicon (:mod:`mmpt_lite.data.action_negatives`), and
@@ -98,16 +95,15 @@ class MilNceClipDataset(Dataset):
 
     def __init__(self, video_store, caption_store, tokenize: Callable[[list[str]], dict[str, torch.Tensor]], *,
                  num_frames: int, fps: float, video_size: int, num_candidates: int, min_time: float,
-                 random_flip: bool = True, clips_per_video: int = 1, reversed_twins: bool = False,
-                 action_lexicon: ActionLexicon | None = None, num_negatives: int = 0,
+                 random_flip: bool = True, clips_per_video: int = 1, action_lexicon: ActionLexicon | None = None, num_negatives: int = 0,
                  negatives_from_video: bool = True):
-        if num_negatives and (action_lexicon is None or reversed_twins):
-            raise ValueError("action-swapped negatives need an action_lexicon and no reversed_twins")
+        if num_negatives and action_lexicon is None:
+            raise ValueError("action-swapped negatives need an action_lexicon")
         self.videos, self.captions, self.tokenize = video_store, caption_store, tokenize
         self.video_ids = list(video_store.video_ids)
         self.num_frames, self.fps, self.size = num_frames, fps, video_size
         self.num_candidates, self.min_time, self.random_flip = num_candidates, min_time, random_flip
-        self.clips_per_video, self.reversed_twins = clips_per_video, reversed_twins
+        self.clips_per_video = clips_per_video
         self.action_lexicon, self.num_negatives = action_lexicon, num_negatives
         self.negatives_from_video = negatives_from_video
         self._video_actions: dict[str, frozenset[str]] = {}  # actions each video's narration names (cache)
@@ -121,7 +117,7 @@ class MilNceClipDataset(Dataset):
         return cls(video_store, caption_store, tokenize, num_frames=data.num_frames, fps=data.fps,
                    video_size=data.video_size, num_candidates=data.num_candidates, min_time=data.min_time,
                    random_flip=data.random_flip, clips_per_video=data.clips_per_video,
-                   reversed_twins=data.reversed_twins, action_lexicon=load_lexicon(data) if negatives.count else None,
+                   action_lexicon=load_lexicon(data) if negatives.count else None,
                    num_negatives=negatives.count, negatives_from_video=negatives.pool == "video")
 
     def __len__(self) -> int:
@@ -165,13 +161,7 @@ class MilNceClipDataset(Dataset):
                     "video_index": torch.tensor(index),
                     "negative_text": {name: v[k:] for name, v in text.items()},
                     "negative_mask": torch.tensor([n is not None for n in negatives])}
-        if not self.reversed_twins:
-            return {"video": torch.from_numpy(clip), "text": self.tokenize(captions),
-                    "video_index": torch.tensor(index)}
-        text = self.tokenize(captions + [time_reversed_caption(c) for c in captions])
-        return {"video": torch.from_numpy(np.stack([clip, clip[::-1]])),
-                "text": {k: v.view(2, len(captions), *v.shape[1:]) for k, v in text.items()},
-                "video_index": torch.tensor([index, index])}
+        return {"video": torch.from_numpy(clip), "text": self.tokenize(captions), "video_index": torch.tensor(index)}
 
 
 class TrainLoader:

@@ -126,16 +126,6 @@ class _ShardIndex:
             self._video_ids = [v.decode() for v in self._ids.tolist()]
         return self._video_ids
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __contains__(self, video_id: str) -> bool:
-        try:
-            self._locate(video_id)
-        except KeyError:
-            return False
-        return True
-
     def _locate(self, video_id: str) -> tuple[int, int]:
         key = video_id.encode()
         pos = int(np.searchsorted(self._ids, key, sorter=self._sorted))
@@ -182,12 +172,6 @@ class ShardedVideoStore(_ShardIndex):
         pos, i = self._locate(video_id)
         first, stop = self._range(pos, "video_starts", i)
         return stop - first
-
-    def frame_size(self, video_id: str) -> tuple[int, int]:
-        """(height, width) of the stored frames of ``video_id``."""
-        pos, i = self._locate(video_id)
-        row = self._handle(pos, "videos")[i]
-        return int(row["height"]), int(row["width"])
 
     def read_frames(self, video_id: str, start: int, count: int,
                     out_size: tuple[int, int] | None = None) -> np.ndarray:

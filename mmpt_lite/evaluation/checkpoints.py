@@ -164,18 +164,16 @@ def _load_mae_encoder(source: CheckpointSource, cfg: RunConfig, max_words: int |
                       seed: int | None) -> LoadedModel:
     """A masked-pretraining checkpoint: its encoder becomes the video tower (as ``model.video.init_from`` does);
     the text tower keeps its initial weights and has no vocabulary, so only the HMDB probe can use it."""
+    baseline = random_init_model(cfg, seed=seed, max_words=max_words)
     if random_init:
-        baseline = random_init_model(cfg, seed=seed, max_words=max_words)
         return dataclasses.replace(baseline, description=f"{baseline.description}, video tower only")
     from mmpt_lite.models.init_from import init_video_tower
 
-    torch.manual_seed(cfg.train.seed if seed is None else seed)
-    model = build_model(cfg.model, max_words=max_words or cfg.data.max_words)
     try:
-        init_video_tower(model, source.weights, strict=True)
+        init_video_tower(baseline.model, source.weights, strict=True)
     except ValueError as exc:
         raise CheckpointFormatError(f"{source.weights}: {exc}") from None
-    return LoadedModel(model.eval(), MMPT_MAE_FORMAT, source.sha256(), cfg,
+    return LoadedModel(baseline.model, MMPT_MAE_FORMAT, source.sha256(), cfg,
                        f"mmpt_lite masked-pretraining encoder {cfg.model.video.preset} from {source.folder} "
                        "(video tower only)")
 

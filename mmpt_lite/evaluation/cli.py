@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
+from mmpt_lite.checkpoint import CheckpointFormatError
 from mmpt_lite.config import ConfigError, RunConfig, load_config, resolve_path
 from mmpt_lite.evaluation import report
 from mmpt_lite.evaluation.cache import DEFAULT_CACHE_DIR, FeatureCache
 from mmpt_lite.evaluation.checkpoints import (
     MMPT_MAE_FORMAT,
-    CheckpointFormatError,
     LoadedModel,
     load_model,
     random_init_model,

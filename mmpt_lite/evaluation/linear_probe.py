@@ -25,6 +25,7 @@ from mmpt_lite.evaluation.features import (
     cached_window_features,
     decode_probe_windows,
 )
+from mmpt_lite.evaluation.metrics import recall_curve
 from mmpt_lite.evaluation.runtime import EvalRuntime, Evaluator, in_eval_mode
 from mmpt_lite.fileio import file_sha256
 
@@ -197,8 +198,7 @@ def topk_accuracy_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndar
     true_score = filled[np.arange(len(labels)), labels][:, None]
     ranks = (filled >= true_score).sum(axis=1) - 1
     ranks[np.isnan(scores).any(axis=1)] = scores.shape[1]
-    ks = np.arange(1, scores.shape[1] + 1)
-    return ks, np.array([np.mean(ranks < k) for k in ks])
+    return recall_curve(ranks, scores.shape[1])
 
 
 # --------------------------------------------------------------------------- features and the whole probe

@@ -51,12 +51,7 @@ def cut_frame_windows(frames: np.ndarray, starts: np.ndarray, num_frames: int) -
     Returns:
         uint8 [n, num_frames, H, W, 3].
     """
-    total = frames.shape[0]
-    out = np.zeros((len(starts), num_frames, *frames.shape[1:]), dtype=frames.dtype)
-    for i, first in enumerate(starts):
-        window = frames[first:min(total, first + num_frames)]
-        out[i, :len(window)] = window
-    return out
+    return np.stack([pad_or_trim(frames[first:first + num_frames], num_frames) for first in starts])
 
 
 def pad_or_trim(frames: np.ndarray, num_frames: int) -> np.ndarray:

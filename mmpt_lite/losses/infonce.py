@@ -4,8 +4,7 @@ Both embeddings are L2-normalised; logits = v·tᵀ / τ over the (all-gathered)
 the mean of the video->text and text->video cross-entropies with the matching pair as target.
 
 Several candidate captions per clip (MIL-NCE batches, [B·K, D]) are reduced to one text per
-video before the loss: ``candidates="mean"`` averages the K raw embeddings (then normalises),
-``"first"`` keeps candidate 0 (the caption the aligner started from).
+video before the loss: the mean of the K raw embeddings (then normalised).
 
 A learnable temperature is stored as ``log_inv_temperature`` = log(1/τ) and clamped so 1/τ <= 100,
 as in CLIP.
@@ -14,7 +13,6 @@ as in CLIP.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,19 +24,15 @@ MAX_INV_TEMPERATURE = 100.0
 
 
 class InfoNCELoss(nn.Module):
-    def __init__(self, temperature: float = 0.07, learn_temperature: bool = False,
-                 candidates: Literal["mean", "first"] = "mean"):
+    def __init__(self, temperature: float = 0.07, learn_temperature: bool = False):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"loss.temperature must be > 0, got {temperature}")
-        if candidates not in ("mean", "first"):
-            raise ValueError(f"candidates must be 'mean' or 'first', got {candidates!r}")
         log_inv = torch.tensor(math.log(1.0 / temperature))
         if learn_temperature:
             self.log_inv_temperature = nn.Parameter(log_inv)
         else:
             self.register_buffer("log_inv_temperature", log_inv)
-        self.candidates = candidates
 
     def forward(self, *, video_embedding: torch.Tensor, text_embedding: torch.Tensor,
                 num_candidates: int = 1) -> dict[str, torch.Tensor]:
@@ -47,8 +41,7 @@ class InfoNCELoss(nn.Module):
         if text_embedding.shape[0] != batch * num_candidates:
             raise ValueError(f"infonce: {text_embedding.shape[0]} text rows for {batch} videos × "
                              f"{num_candidates} candidates")
-        text = text_embedding.view(batch, num_candidates, dim)
-        text = text.mean(dim=1) if self.candidates == "mean" else text[:, 0]
+        text = text_embedding.view(batch, num_candidates, dim).mean(dim=1)
         dtype = torch.promote_types(video_embedding.dtype, torch.float32)  # bf16/fp16 -> fp32; fp64 stays
         video = F.normalize(video_embedding.to(dtype), dim=-1)
         text = F.normalize(text.to(dtype), dim=-1)

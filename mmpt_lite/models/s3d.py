@@ -39,7 +39,6 @@ INCEPTION_WIDTHS: dict[str, tuple[int, int, int, int, int, int]] = {
     "mixed_5b": (256, 160, 320, 32, 128, 128),
     "mixed_5c": (384, 192, 384, 48, 128, 128),
 }
-MIXED_5C_DIM = 1024
 TEXT_PREFIX = "text_module."
 
 

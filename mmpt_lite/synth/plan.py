@@ -30,6 +30,7 @@ from mmpt_lite.synth.render import (
     can_perform,
     plan_motion,
 )
+from mmpt_lite.synth.text import pick
 
 GENERATOR_VERSION = 2
 WIDTH, HEIGHT = 320, 240
@@ -151,10 +152,6 @@ def _rng(seed: int, stream: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, _STREAMS[stream], index])
 
 
-def _pick(rng: np.random.Generator, options):
-    return options[int(rng.integers(len(options)))]
-
-
 def _youtube_id(seed: int, stream: str, index: int) -> str:
     """An 11-character YouTube-like id hashed from (seed, stream, index): unique without shared state."""
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -174,7 +171,7 @@ def _allowed(look: Look, action: str, banned: Heldout | None) -> bool:
 def _random_look(rng: np.random.Generator, banned: Heldout | None, actions: tuple[str, ...] = ()) -> Look:
     """A random look able to perform every one of `actions` and not using a combination in `banned`."""
     while True:
-        look = Look(_pick(rng, SHAPES), _pick(rng, list(COLOURS)), _pick(rng, TEXTURES))
+        look = Look(pick(rng, SHAPES), pick(rng, list(COLOURS)), pick(rng, TEXTURES))
         if (banned is None or (look.colour, look.shape) not in banned.colour_shape) and all(
                 _allowed(look, action, banned) for action in actions):
             return look
@@ -184,15 +181,15 @@ def _eval_doer(rng: np.random.Generator, heldout: Heldout, unseen: bool) -> tupl
     """(look, action) for an evaluation clip: one held-out combination if `unseen`, else all seen."""
     if not unseen:
         look = _random_look(rng, heldout)
-        return look, _pick(rng, [a for a in ACTIONS if _allowed(look, a, heldout)])
-    kind, pair = _pick(rng, [("shape_action", p) for p in heldout.shape_action]
+        return look, pick(rng, [a for a in ACTIONS if _allowed(look, a, heldout)])
+    kind, pair = pick(rng, [("shape_action", p) for p in heldout.shape_action]
                        + [("colour_shape", p) for p in heldout.colour_shape])
     if kind == "shape_action":
         shape, action = pair
-        return Look(shape, _pick(rng, list(COLOURS)),
-                    _pick(rng, [t for t in TEXTURES if can_perform(shape, t, action)])), action
-    look = Look(pair[1], pair[0], _pick(rng, TEXTURES))
-    return look, _pick(rng, [a for a in ACTIONS if can_perform(look.shape, look.texture, a)])
+        return Look(shape, pick(rng, list(COLOURS)),
+                    pick(rng, [t for t in TEXTURES if can_perform(shape, t, action)])), action
+    look = Look(pair[1], pair[0], pick(rng, TEXTURES))
+    return look, pick(rng, [a for a in ACTIONS if can_perform(look.shape, look.texture, a)])
 
 
 def _compatible(first: str, second: str) -> bool:
@@ -242,8 +239,8 @@ def _plan_task_video(rng: np.random.Generator, task: tuple, duration: int, heldo
         if all(look[:2] != other[:2] for other in ingredients):
             ingredients.append(look)
     if evaluation and rng.random() < 0.33:
-        colour, shape = _pick(rng, heldout.colour_shape)
-        ingredients[0] = Look(shape, colour, _pick(rng, TEXTURES))
+        colour, shape = pick(rng, heldout.colour_shape)
+        ingredients[0] = Look(shape, colour, pick(rng, TEXTURES))
     unseen = [(look, a) for look in ingredients for a in ACTIONS
               if (look.shape, a) in heldout.shape_action and can_perform(look.shape, look.texture, a)]
     steps: list[Step] = []
@@ -251,7 +248,7 @@ def _plan_task_video(rng: np.random.Generator, task: tuple, duration: int, heldo
 
     def idle(start: float, end: float) -> None:
         """A pause between steps: an ingredient waits on screen (70%), or only the background shows."""
-        waiting = ((_pick(rng, ingredients), STATIC),) if rng.random() < 0.7 else ()
+        waiting = ((pick(rng, ingredients), STATIC),) if rng.random() < 0.7 else ()
         shots.append(Shot(start, end, _stage(rng, Step(start, end, waiting), WIDTH) if waiting else ()))
 
     t = round(rng.uniform(1.0, 3.0), 2)
@@ -260,20 +257,20 @@ def _plan_task_video(rng: np.random.Generator, task: tuple, duration: int, heldo
         length = round(rng.uniform(3.0, 9.0), 2)
         if t + length > duration - 1.0:
             break
-        action = task[3][k % len(task[3])] if rng.random() < 0.75 else _pick(rng, ACTIONS)
+        action = task[3][k % len(task[3])] if rng.random() < 0.75 else pick(rng, ACTIONS)
         options = [(look, action) for look in ingredients if _allowed(look, action, banned)]
         if evaluation and unseen and rng.random() < 0.2:
             options = unseen
         if not options:
             continue
-        doers, statics = [_pick(rng, options)], ()
+        doers, statics = [pick(rng, options)], ()
         others = [look for look in ingredients if look != doers[0][0]]
         if others and rng.random() < 0.2:
-            second = _pick(rng, others)
+            second = pick(rng, others)
             actions = [a for a in ACTIONS if _allowed(second, a, banned) and _compatible(doers[0][1], a)]
-            doers.append((second, _pick(rng, actions)))
+            doers.append((second, pick(rng, actions)))
         elif others and rng.random() < 0.3:
-            statics = (_pick(rng, others),)
+            statics = (pick(rng, others),)
         step = Step(t, round(t + length, 2), tuple(doers), statics)
         steps.append(step)
         shots.append(Shot(step.start, step.end, _stage(rng, step, WIDTH)))
@@ -333,9 +330,9 @@ def _plan_train(plan: CorpusPlan) -> None:
     preset, rows = plan.preset, []
     for i in range(preset.train_videos):
         rng, video_id = _rng(plan.seed, "train", i), _youtube_id(plan.seed, "train", i)
-        task = _pick(rng, TASKS)
+        task = pick(rng, TASKS)
         duration = int(rng.integers(preset.train_seconds[0], preset.train_seconds[1] + 1))
-        fps = int(_pick(rng, preset.train_fps))
+        fps = int(pick(rng, preset.train_fps))
         steps, shots = _plan_task_video(rng, task, duration, plan.heldout, evaluation=False)
         # Drawn from its own stream, so "random" changes nothing but the hue.
         hue = task[2] if plan.train_hue == "task" else float(_rng(plan.seed, "train_hue", i).uniform())
@@ -355,7 +352,7 @@ def _plan_youcook(plan: CorpusPlan) -> None:
         rng, video_id = _rng(plan.seed, "youcook2", i), _youtube_id(plan.seed, "youcook2", i)
         task = TASKS[i % len(TASKS)]
         duration = int(rng.integers(preset.youcook_seconds[0], preset.youcook_seconds[1] + 1))
-        fps = int(_pick(rng, preset.train_fps))
+        fps = int(pick(rng, preset.train_fps))
         steps, shots = _plan_task_video(rng, task, duration, plan.heldout, evaluation=True)
         spec = _spec(rng, f"youcook2/validation/{task[0]}/{video_id}.mp4", fps, duration * fps, task[2], shots)
         plan.add_video("youcook2", video_id, spec, steps, task=task[0])
@@ -378,7 +375,7 @@ def _plan_msrvtt(plan: CorpusPlan) -> None:
         look, action = _eval_doer(rng, plan.heldout, unseen=i % 3 == 2)
         seconds = int(rng.integers(6, 11))
         plan.add_clip(rng, "msrvtt", f"video{number}", f"msrvtt/video{number}.mp4", look, action, seconds,
-                      int(_pick(rng, plan.preset.eval_fps)))
+                      int(pick(rng, plan.preset.eval_fps)))
         sentence = text.describe(look, action, text.draw_wording(rng))
         rows.append([f"ret{i}", f"msr{number}", f"video{number}", sentence])
     plan.files["msrvtt/msrvtt_test.csv"] = _csv(["key", "vid_key", "video_id", "sentence"], rows)
@@ -396,16 +393,16 @@ def _plan_finegrained(plan: CorpusPlan) -> None:
     for j in range(plan.preset.finegrained_pairs):
         rng = _rng(plan.seed, "finegrained", j)
         unseen, colour_pair = j % 4 == 3, j % 3 == 2
-        actions = (_pick(rng, ACTIONS),) * 2 if colour_pair else DIRECTION_PAIRS[j % len(DIRECTION_PAIRS)]
+        actions = (pick(rng, ACTIONS),) * 2 if colour_pair else DIRECTION_PAIRS[j % len(DIRECTION_PAIRS)]
         if unseen:
-            colour, shape = _pick(rng, plan.heldout.colour_shape)
+            colour, shape = pick(rng, plan.heldout.colour_shape)
             textures = [t for t in TEXTURES if all(can_perform(shape, t, a) for a in actions)]
-            look = Look(shape, colour, _pick(rng, textures))
+            look = Look(shape, colour, pick(rng, textures))
         else:
             look = _random_look(rng, plan.heldout, actions)
-        other_colour = _pick(rng, [c for c in COLOURS if c != look.colour])
+        other_colour = pick(rng, [c for c in COLOURS if c != look.colour])
         looks = (look, look._replace(colour=other_colour)) if colour_pair else (look, look)
-        seconds, fps = int(rng.integers(6, 9)), int(_pick(rng, plan.preset.eval_fps))
+        seconds, fps = int(rng.integers(6, 9)), int(pick(rng, plan.preset.eval_fps))
         first = Step(0.0, float(seconds), ((looks[0], actions[0]),))
         actors = _stage(rng, first, WIDTH)
         twin = (dataclasses.replace(actors[0], look=looks[1]) if colour_pair
@@ -446,7 +443,7 @@ def _plan_hmdb(plan: CorpusPlan) -> None:
         for i in range(preset.hmdb_per_class):
             rng, name = _rng(plan.seed, "hmdb51", c * preset.hmdb_per_class + i), f"{action}_{i:03d}.avi"
             plan.add_clip(rng, "hmdb51", name[:-4], f"hmdb51/{action}/{name}", _random_look(rng, None, (action,)),
-                          action, int(rng.integers(3, 6)), int(_pick(rng, preset.eval_fps)), label=action)
+                          action, int(rng.integers(3, 6)), int(pick(rng, preset.eval_fps)), label=action)
             names.append(name)
         for split in (1, 2, 3):
             codes = _hmdb_split_codes(_rng(plan.seed, "hmdb51_splits", c), len(names), split)
@@ -470,7 +467,7 @@ def _plan_kinetics(plan: CorpusPlan) -> None:
                 rel = f"videos/{split}/{action}/{video_id}_{start:06d}_{start + seconds:06d}.mp4"
                 look = _random_look(rng, None, (action,))
                 plan.add_clip(rng, f"kinetics_{split}", video_id, f"kinetics/{rel}", look, action, seconds,
-                              int(_pick(rng, plan.preset.eval_fps)), label=label)
+                              int(pick(rng, plan.preset.eval_fps)), label=label)
                 lines.append(f"{rel} {label}\n")
         plan.files[f"kinetics/{split}.txt"] = "".join(lines)
         plan.counts[f"kinetics_{split}"] = len(lines)
@@ -490,7 +487,7 @@ def _plan_ssv2(plan: CorpusPlan) -> None:
                 index += 1
                 look, num_frames = _random_look(rng, None, (action,)), int(rng.integers(24, 49))
                 plan.add_clip(rng, f"ssv2_{split}", str(index), f"ssv2/videos/{index}.webm", look, action,
-                              num_frames / SSV2_FPS, SSV2_FPS, width=int(_pick(rng, SSV2_WIDTHS)))
+                              num_frames / SSV2_FPS, SSV2_FPS, width=int(pick(rng, SSV2_WIDTHS)))
                 thing, template = text.noun(look, text.draw_wording(rng, 0.3)), SSV2_TEMPLATES[action]
                 entries.append({"id": str(index), "label": template.replace("[something]", thing).lower(),
                                 "template": template, "placeholders": [thing]})

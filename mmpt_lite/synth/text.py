@@ -120,7 +120,7 @@ def narrate(rng: np.random.Generator, task_name: str, steps, duration: float) ->
         end = min(start + rng.uniform(1.5, 4.5), duration)
         lines.append((round(start, 2), round(end, 2), _asr_slip(rng, sentence)))
 
-    add(rng.uniform(0.0, 1.0), _random(rng, _INTROS).format(task_name))
+    add(rng.uniform(0.0, 1.0), pick(rng, _INTROS).format(task_name))
     for step in steps:
         if rng.random() < 0.1:
             continue
@@ -131,8 +131,8 @@ def narrate(rng: np.random.Generator, task_name: str, steps, duration: float) ->
             look, action = spoken.doers[0]
             add(anchor + rng.uniform(1.0, 3.0), _say_description(rng, look, action))
     for _ in range(int(rng.poisson(duration / 8))):
-        add(rng.uniform(0.0, duration), _random(rng, FILLERS))
-    add(duration - rng.uniform(2.0, 4.0), _random(rng, _OUTROS).format(task_name))
+        add(rng.uniform(0.0, duration), pick(rng, FILLERS))
+    add(duration - rng.uniform(2.0, 4.0), pick(rng, _OUTROS).format(task_name))
     return sorted(lines)
 
 
@@ -140,7 +140,7 @@ def _choose(options, index: int):
     return options[index % len(options)]
 
 
-def _random(rng: np.random.Generator, options):
+def pick(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]
 
 

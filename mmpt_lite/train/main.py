@@ -46,7 +46,7 @@ def print_final_table(init: dict | None, final: dict | None, out_dir: Path) -> N
     (out_dir / "final_eval.txt").write_text(text + "\n")
 
 
-def run(cfg: RunConfig, config_path: Path | None = None) -> int:
+def run(cfg: RunConfig) -> int:
     device = pick_device(cfg.train.device)
     info = mdist.init_distributed(device)
     setup_logging(info.rank)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return run(cfg, Path(argv[0]))
+    return run(cfg)
 
 
 if __name__ == "__main__":
