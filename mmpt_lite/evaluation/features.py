@@ -8,7 +8,6 @@ so one broken file never ends a long evaluation and every broken file is reporte
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,8 +17,6 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mmpt_lite.data.video import SpatialTransform, probe_video, read_all_frames, read_clip
-from mmpt_lite.evaluation.cache import cache_key
-from mmpt_lite.evaluation.runtime import EvalRuntime
 from mmpt_lite.evaluation.windows import (
     cut_frame_windows,
     frame_window_starts,
@@ -191,29 +188,3 @@ def embed_texts(model: torch.nn.Module, texts: Sequence[str], *, device: torch.d
         tokens = {name: ids.to(device) for name, ids in tokens.items()}
         chunks.append(model(text=tokens)["text_embedding"].float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-
-
-def cached_window_features(model: torch.nn.Module, requests: Sequence[VideoRequest],
-                           decode: Callable[[VideoRequest], np.ndarray], *, output: str, runtime: EvalRuntime,
-                           key_parts: dict | None, desc: str) -> tuple[WindowFeatures, bool]:
-    """:func:`extract_window_features` unless ``runtime.cache`` holds the features ``key_parts`` determine.
-
-    ``key_parts`` None (a model without a checkpoint id, e.g. one being trained) bypasses the cache.
-    Returns (features, whether they came from the cache).
-    """
-    cache, key = runtime.cache, None
-    if key_parts is not None:
-        # pyav, the default, stays out of the key: caches of pyav-decoded features keep their keys.
-        key = cache_key(key_parts if runtime.decoder == "pyav" else {**key_parts, "decoder": runtime.decoder})
-        hit = cache.load(key)
-        if hit is not None:
-            errors = dict(zip(hit["error_names"].tolist(), hit["error_messages"].tolist(), strict=True))
-            return WindowFeatures(hit["features"], hit["readable"], errors), True
-    found = extract_window_features(model, requests, functools.partial(decode, backend=runtime.decoder),
-                                    output=output, batch_size=runtime.batch_size, num_workers=runtime.num_workers,
-                                    device=runtime.device, progress=runtime.progress, desc=desc)
-    if key is not None:
-        cache.save(key, {"features": found.features, "readable": found.readable,
-                         "error_names": np.array(list(found.errors), dtype=str),
-                         "error_messages": np.array(list(found.errors.values()), dtype=str)})
-    return found, False

@@ -7,26 +7,18 @@ caller) and count as errors at test time, so accuracies stay comparable across r
 
 from __future__ import annotations
 
-import functools
 import re
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mmpt_lite.config import EvalConfig
 from mmpt_lite.evaluation.cache import cache_key, files_fingerprint
-from mmpt_lite.evaluation.features import (
-    ProbeProtocol,
-    VideoRequest,
-    WindowFeatures,
-    cached_window_features,
-    decode_probe_windows,
-)
+from mmpt_lite.evaluation.features import ProbeProtocol, VideoRequest, WindowFeatures, decode_probe_windows
 from mmpt_lite.evaluation.metrics import recall_curve
-from mmpt_lite.evaluation.runtime import EvalRuntime, Evaluator, in_eval_mode
+from mmpt_lite.evaluation.runtime import EvalRuntime, Evaluator
 from mmpt_lite.fileio import file_sha256
 
 SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<split>\d+)\.txt$")
@@ -232,16 +224,15 @@ class HmdbProbe(Evaluator):
                 "rate, the published protocol)")
     ylabel = "top-K accuracy"
     consequence = "left out of SVM training, wrong at test"
+    protocol_type = ProbeProtocol
+    fps_setting = "hmdb_fps"
+    decode_windows = staticmethod(decode_probe_windows)
+    feature_output = "probe"
 
     def __init__(self, protocol: ProbeProtocol, video_root: str | Path, list_path: str | Path | None = None, *,
                  splits: tuple[int, ...] = (1, 2, 3), svm_c: list[float] | None = None):
         self.splits, self.svm_c = tuple(splits), list(svm_c or [DEFAULT_C])
         super().__init__(protocol, video_root, list_path)
-
-    @classmethod
-    def protocol_from_config(cls, e: EvalConfig | None) -> ProbeProtocol:
-        return ProbeProtocol() if e is None else ProbeProtocol(e.num_windows_test, e.num_frames, e.video_size,
-                                                               e.hmdb_fps)
 
     @classmethod
     def add_arguments(cls, parser) -> None:
@@ -256,23 +247,14 @@ class HmdbProbe(Evaluator):
     def read(self) -> HmdbSplits:
         return read_hmdb_splits(self.list_path, self.splits)
 
-    @in_eval_mode
-    def features(self, model: torch.nn.Module, runtime: EvalRuntime,
-                 checkpoint_id: str | None = None) -> tuple[WindowFeatures, bool]:
-        """Pooled window features [V, W, D] of every split video and whether they came from the cache."""
-        requests = [VideoRequest(v, str(self.video_root / v)) for v in self.dataset.videos]
-        key_parts = None
-        if checkpoint_id is not None:
-            key_parts = {"task": "hmdb", "checkpoint": checkpoint_id, "protocol": asdict(self.protocol),
-                         "splits": _split_files_hash(self.list_path), "videos": self.dataset.videos,
-                         "fingerprint": files_fingerprint([Path(r.path) for r in requests])}
-        decode = functools.partial(decode_probe_windows, protocol=self.protocol)
-        return cached_window_features(model, requests, decode, output="probe", runtime=runtime,
-                                      key_parts=key_parts, desc="hmdb videos")
+    def cache_parts(self, requests: list[VideoRequest]) -> dict:
+        return {"splits": _split_files_hash(self.list_path), "videos": self.dataset.videos,
+                "fingerprint": files_fingerprint([Path(r.path) for r in requests])}
 
     def evaluate(self, model: torch.nn.Module, runtime: EvalRuntime, checkpoint_id: str | None = None):
         splits = self.dataset
-        features, cached = self.features(model, runtime, checkpoint_id)
+        requests = [VideoRequest(v, str(self.video_root / v)) for v in splits.videos]
+        features, cached = self.window_features(model, runtime, requests, checkpoint_id)
         probe = probe_all_splits(features, splits, c=self.svm_c[0],
                                  c_grid=self.svm_c if len(self.svm_c) > 1 else None)
         curves, split_records = {}, {}

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
 
-from mmpt_lite.config import DataConfig, RunConfig
-from mmpt_lite.evaluation.cache import FeatureCache
+from mmpt_lite.config import DataConfig, EvalConfig, RunConfig
+from mmpt_lite.evaluation.cache import FeatureCache, cache_key
+from mmpt_lite.evaluation.features import VideoRequest, WindowFeatures, extract_window_features
 
 DECODERS = typing.get_args(typing.get_type_hints(DataConfig)["decoder"])
 
@@ -34,12 +38,25 @@ class EvalRuntime:
         return cls(torch.device(device), cfg.eval.batch_size, decoder=cfg.data.decoder)
 
 
+def in_eval_mode(compute):
+    """Method decorator: ``compute(self, model, ...)`` in eval mode under no_grad, the model's mode restored."""
+    def wrapper(self, model: torch.nn.Module, *args, **kwargs):
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return compute(self, model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+    return wrapper
+
+
 class Evaluator:
     """One evaluation task: its eval set (``read()`` at construction), its protocol and ``run``.
 
-    Subclasses also define ``protocol_from_config(eval_cfg or None)`` (None: the published protocol),
-    ``evaluate(model, runtime, checkpoint_id) -> (JSON record, table row, {curve label suffix: (ks, values)})``
-    and ``columns()``; see the package docstring for the recipe.
+    Subclasses also define ``evaluate(model, runtime, checkpoint_id) -> (JSON record, table row,
+    {curve label suffix: (ks, values)})``, ``columns()`` and ``cache_parts(requests)``; see the package
+    docstring for the recipe.
     """
 
     name: ClassVar[str]  # the key in cli.EVALUATORS and the JSON's "task"
@@ -51,6 +68,10 @@ class Evaluator:
     fps_help: ClassVar[str] = "decoding rate of each window"
     ylabel: ClassVar[str]  # of the curve plot
     consequence: ClassVar[str]  # what happens to a video that cannot be read
+    protocol_type: ClassVar[type]  # the protocol dataclass; its defaults are the published protocol
+    fps_setting: ClassVar[str] = "fps"  # the EvalConfig field that sets the protocol's fps
+    decode_windows: ClassVar[Callable]  # (request, protocol, backend) -> uint8 [W, T, S, S, 3]
+    feature_output: ClassVar[str]  # extract_window_features' output: "video_embedding" or "probe"
 
     def __init__(self, protocol, video_root: str | Path, list_path: str | Path | None = None):
         self.protocol, self.video_root = protocol, Path(video_root)
@@ -62,6 +83,14 @@ class Evaluator:
                         **options) -> Evaluator:
         """The evaluator with the protocol of ``cfg.eval``, as a training run evaluates."""
         return cls(cls.protocol_from_config(cfg.eval), video_root, list_path, **options)
+
+    @classmethod
+    def protocol_from_config(cls, e: EvalConfig | None):
+        """The protocol of a run config's eval section; None: the published protocol."""
+        if e is None:
+            return cls.protocol_type()
+        return cls.protocol_type(num_windows=e.num_windows_test, num_frames=e.num_frames,
+                                 fps=getattr(e, cls.fps_setting), video_size=e.video_size)
 
     @classmethod
     def add_arguments(cls, parser) -> None:
@@ -78,15 +107,31 @@ class Evaluator:
     def heading(self, records: dict[str, dict]) -> str:
         return self.title
 
+    @in_eval_mode
+    def window_features(self, model: torch.nn.Module, runtime: EvalRuntime, requests: Sequence[VideoRequest],
+                        checkpoint_id: str | None = None) -> tuple[WindowFeatures, bool]:
+        """Window features of ``requests`` (see :func:`extract_window_features`) and whether they came from
+        ``runtime.cache``, which is used only with a ``checkpoint_id`` (a model being trained has none).
 
-def in_eval_mode(compute):
-    """Method decorator: ``compute(self, model, ...)`` in eval mode under no_grad, the model's mode restored."""
-    def wrapper(self, model: torch.nn.Module, *args, **kwargs):
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return compute(self, model, *args, **kwargs)
-        finally:
-            model.train(was_training)
-    return wrapper
+        The cache key is the task, checkpoint and protocol plus ``cache_parts(requests)``: the eval lists
+        and video fingerprints.
+        """
+        key = None
+        if checkpoint_id is not None:
+            parts = {"task": self.name, "checkpoint": checkpoint_id, "protocol": asdict(self.protocol),
+                     **self.cache_parts(requests)}
+            # pyav, the default, stays out of the key: caches of pyav-decoded features keep their keys.
+            key = cache_key(parts if runtime.decoder == "pyav" else {**parts, "decoder": runtime.decoder})
+            hit = runtime.cache.load(key)
+            if hit is not None:
+                errors = dict(zip(hit["error_names"].tolist(), hit["error_messages"].tolist(), strict=True))
+                return WindowFeatures(hit["features"], hit["readable"], errors), True
+        decode = functools.partial(self.decode_windows, protocol=self.protocol, backend=runtime.decoder)
+        found = extract_window_features(model, requests, decode, output=self.feature_output,
+                                        batch_size=runtime.batch_size, num_workers=runtime.num_workers,
+                                        device=runtime.device, progress=runtime.progress, desc=f"{self.name} videos")
+        if key is not None:
+            runtime.cache.save(key, {"features": found.features, "readable": found.readable,
+                                     "error_names": np.array(list(found.errors), dtype=str),
+                                     "error_messages": np.array(list(found.errors.values()), dtype=str)})
+        return found, False

@@ -8,24 +8,16 @@ so its caption counts as a miss and the result stays comparable with runs that c
 
 from __future__ import annotations
 
-import functools
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from mmpt_lite.config import EvalConfig
 from mmpt_lite.evaluation.cache import files_fingerprint
-from mmpt_lite.evaluation.features import (
-    RetrievalProtocol,
-    VideoRequest,
-    cached_window_features,
-    decode_retrieval_windows,
-    embed_texts,
-)
+from mmpt_lite.evaluation.features import RetrievalProtocol, VideoRequest, decode_retrieval_windows, embed_texts
 from mmpt_lite.evaluation.metrics import ground_truth_ranks, metrics_from_ranks, recall_curve
 from mmpt_lite.evaluation.runtime import EvalRuntime, Evaluator, in_eval_mode
 from mmpt_lite.fileio import file_sha256
@@ -38,7 +30,6 @@ RETRIEVAL_COLUMNS = ["R@1", "R@5", "R@10", "MedR", "MeanR"]
 class RetrievalSet:
     """Captions and the video (segment) each one matches: texts[i] <-> requests[i]."""
 
-    kind: str
     texts: list[str]
     requests: list[VideoRequest]
 
@@ -97,26 +88,21 @@ class RetrievalEvaluator(Evaluator):
 
     ylabel = "recall@K"
     consequence = "scored as misses"
+    protocol_type = RetrievalProtocol
+    decode_windows = staticmethod(decode_retrieval_windows)
+    feature_output = "video_embedding"
 
-    @classmethod
-    def protocol_from_config(cls, e: EvalConfig | None) -> RetrievalProtocol:
-        return RetrievalProtocol() if e is None else RetrievalProtocol(e.num_windows_test, e.num_frames, e.fps,
-                                                                       e.video_size)
+    def cache_parts(self, requests: list[VideoRequest]) -> dict:
+        return {"csv": file_sha256(self.list_path), "videos": files_fingerprint([Path(r.path) for r in requests]),
+                "requests": [(r.path, r.start, r.end) for r in requests]}
 
     @in_eval_mode
     def result(self, model: torch.nn.Module, runtime: EvalRuntime,
                checkpoint_id: str | None = None) -> RetrievalResult:
         """Embed texts and videos with ``model`` (on ``runtime.device``) and score; the feature cache is used
         only with a ``checkpoint_id`` (a model being trained has none)."""
-        dataset, key_parts = self.dataset, None
-        if checkpoint_id is not None:
-            key_parts = {"task": dataset.kind, "checkpoint": checkpoint_id, "protocol": asdict(self.protocol),
-                         "csv": file_sha256(self.list_path),
-                         "videos": files_fingerprint([Path(r.path) for r in dataset.requests]),
-                         "requests": [(r.path, r.start, r.end) for r in dataset.requests]}
-        decode = functools.partial(decode_retrieval_windows, protocol=self.protocol)
-        found, cached = cached_window_features(model, dataset.requests, decode, output="video_embedding",
-                                               runtime=runtime, key_parts=key_parts, desc=f"{dataset.kind} videos")
+        dataset = self.dataset
+        found, cached = self.window_features(model, runtime, dataset.requests, checkpoint_id)
         texts = embed_texts(model, dataset.texts, device=runtime.device)
         if not found.readable.any():  # no video embedding at all: every caption is a miss
             scores = np.full((len(texts), len(texts)), -np.inf)
@@ -158,7 +144,7 @@ class MsrvttRetrieval(RetrievalEvaluator):
     def read(self) -> RetrievalSet:
         table = _read_csv(self.list_path, ("video_id", "sentence"))
         requests = [VideoRequest(str(v), str(self.video_root / f"{v}.mp4")) for v in table["video_id"]]
-        return RetrievalSet(self.name, [str(s) for s in table["sentence"]], requests)
+        return RetrievalSet([str(s) for s in table["sentence"]], requests)
 
 
 class YoucookRetrieval(RetrievalEvaluator):
@@ -176,4 +162,4 @@ class YoucookRetrieval(RetrievalEvaluator):
                                  str(_youcook_path(self.video_root, row.task, str(row.video_id))),
                                  float(row.start), float(row.end))
                     for row in table.itertuples(index=False)]
-        return RetrievalSet(self.name, [str(t) for t in table["text"]], requests)
+        return RetrievalSet([str(t) for t in table["text"]], requests)
