@@ -124,8 +124,13 @@ class LoadedModel:
     description: str
 
 
-def _random_init_id(model_cfg: ModelConfig, seed: int) -> str:
-    return f"{RANDOM_INIT}-{cache_key({'model': dataclasses.asdict(model_cfg), 'seed': seed})}"
+def _initial_model(model_cfg: ModelConfig, seed: int, what: str, config: RunConfig | None = None,
+                   **build_args) -> LoadedModel:
+    """``model_cfg`` built after ``torch.manual_seed(seed)``, at its initial weights."""
+    torch.manual_seed(seed)
+    return LoadedModel(build_model(model_cfg, **build_args).eval(), RANDOM_INIT,
+                       f"{RANDOM_INIT}-{cache_key({'model': dataclasses.asdict(model_cfg), 'seed': seed})}", config,
+                       f"{what} at random init (seed {seed})")
 
 
 def random_init_model(cfg: RunConfig, *, seed: int | None = None, max_words: int | None = None) -> LoadedModel:
@@ -134,10 +139,8 @@ def random_init_model(cfg: RunConfig, *, seed: int | None = None, max_words: int
     ``seed`` defaults to ``train.seed``: the trainer seeds the same way, so this is the run's step-0 model.
     """
     seed = cfg.train.seed if seed is None else seed
-    torch.manual_seed(seed)
-    model = build_model(cfg.model, max_words=max_words or cfg.data.max_words)
-    return LoadedModel(model.eval(), RANDOM_INIT, _random_init_id(cfg.model, seed), cfg,
-                       f"{cfg.model.video.preset} / {cfg.model.text.kind} at random init (seed {seed})")
+    return _initial_model(cfg.model, seed, f"{cfg.model.video.preset} / {cfg.model.text.kind}", cfg,
+                          max_words=max_words or cfg.data.max_words)
 
 
 def _load_mmpt(source: CheckpointSource, word2vec: str | None, max_words: int | None,
@@ -152,12 +155,12 @@ def _load_mmpt(source: CheckpointSource, word2vec: str | None, max_words: int | 
     if text.kind == "word2vec" and (not text.path or not resolve_path(text.path).is_file()):
         raise FileNotFoundError(f"{source.folder}: the word2vec text tower needs its vocabulary file "
                                 f"({text.path or 'model.text.path is empty'} not found); pass --word2vec PATH")
+    baseline = random_init_model(cfg, seed=seed, max_words=max_words)
     if random_init:
-        return random_init_model(cfg, seed=seed, max_words=max_words)
-    model = build_model(cfg.model, max_words=max_words or cfg.data.max_words)
-    _load_weights(model, load_file(str(source.weights)), source.weights)
-    return LoadedModel(model.eval(), MMPT_FORMAT, source.sha256(), cfg,
-                       f"mmpt_lite {cfg.model.video.preset} / {text.kind} from {source.folder}")
+        return baseline
+    _load_weights(baseline.model, load_file(str(source.weights)), source.weights)
+    return dataclasses.replace(baseline, kind=MMPT_FORMAT, checkpoint_id=source.sha256(),
+                               description=f"mmpt_lite {cfg.model.video.preset} / {text.kind} from {source.folder}")
 
 
 def _load_mae_encoder(source: CheckpointSource, cfg: RunConfig, max_words: int | None, random_init: bool,
@@ -173,9 +176,9 @@ def _load_mae_encoder(source: CheckpointSource, cfg: RunConfig, max_words: int |
         init_video_tower(baseline.model, source.weights, strict=True)
     except ValueError as exc:
         raise CheckpointFormatError(f"{source.weights}: {exc}") from None
-    return LoadedModel(baseline.model, MMPT_MAE_FORMAT, source.sha256(), cfg,
-                       f"mmpt_lite masked-pretraining encoder {cfg.model.video.preset} from {source.folder} "
-                       "(video tower only)")
+    return dataclasses.replace(baseline, kind=MMPT_MAE_FORMAT, checkpoint_id=source.sha256(),
+                               description=f"mmpt_lite masked-pretraining encoder {cfg.model.video.preset} from "
+                               f"{source.folder} (video tower only)")
 
 
 def _load_s3d(source: CheckpointSource, dict_path: str | None, max_words: int | None, random_init: bool,
@@ -197,15 +200,13 @@ def _load_s3d(source: CheckpointSource, dict_path: str | None, max_words: int | 
                             text=TextTowerConfig(kind="word2vec", vocab_size=rows, word_dim=word_dim,
                                                  hidden_dim=state["text_module.fc1.weight"].shape[0]),
                             embed_dim=state["fc.weight"].shape[0])
-    seed = 0 if seed is None else seed
-    torch.manual_seed(seed)
-    model = build_model(model_cfg, vocab=vocab, max_words=max_words or DEFAULT_MAX_WORDS[source.kind])
+    baseline = _initial_model(model_cfg, 0 if seed is None else seed, preset, vocab=vocab,
+                              max_words=max_words or DEFAULT_MAX_WORDS[source.kind])
     if random_init:
-        return LoadedModel(model.eval(), RANDOM_INIT, _random_init_id(model_cfg, seed), None,
-                           f"{preset} at random init (seed {seed})")
-    _load_weights(model, state, source.weights)
-    return LoadedModel(model.eval(), source.kind, source.sha256(), None,
-                       f"{source.kind} {preset} from {source.weights} ({len(words)}-word dictionary)")
+        return baseline
+    _load_weights(baseline.model, state, source.weights)
+    return dataclasses.replace(baseline, kind=source.kind, checkpoint_id=source.sha256(),
+                               description=f"{source.kind} {preset} from {source.weights} ({len(words)}-word dictionary)")
 
 
 def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
