@@ -1,4 +1,4 @@
-"""S3D-G: the official checkpoint's names/shapes, both checkpoint formats, stem geometry, forward."""
+"""S3D-G: the official checkpoint's names/shapes, stem geometry, forward (both file formats: test_eval_checkpoints)."""
 
 import json
 from pathlib import Path
@@ -8,14 +8,7 @@ import torch
 
 from mmpt_lite.config import ModelConfig, TextTowerConfig, VideoTowerConfig
 from mmpt_lite.models.build import build_model
-from mmpt_lite.models.s3d import (
-    S3D,
-    MaxPool3dSamePadding,
-    load_s3d_checkpoint,
-    space_to_depth,
-    split_s3d_state_dict,
-    uses_space_to_depth,
-)
+from mmpt_lite.models.s3d import MaxPool3dSamePadding, space_to_depth, uses_space_to_depth
 
 # Names and shapes of the 537 entries of the official s3d_howto100m.pth (no weights).
 OFFICIAL_SHAPES = Path(__file__).parent / "data" / "s3d_howto100m_state_dict.json"
@@ -47,35 +40,10 @@ def test_state_dict_has_exactly_the_official_names_and_shapes(official_model):
 
 def test_official_format_loads_strictly(official_model):
     state = random_state_dict(official_shapes())
-    loaded = load_s3d_checkpoint(state)  # (a path works too: see the MIL-NCE repo format test)
-    assert uses_space_to_depth(loaded)
-    official_model.load_state_dict(loaded, strict=True)
+    assert uses_space_to_depth(state)
+    official_model.load_state_dict(state, strict=True)
     torch.testing.assert_close(official_model.mixed_5c.gating_b3.fc.bias, state["mixed_5c.gating_b3.fc.bias"])
     torch.testing.assert_close(official_model.text_tower.word_embd.weight, state["text_module.word_embd.weight"])
-
-
-def test_milnce_training_repo_format_loads(tmp_path):
-    model = S3D(space_to_depth=False)
-    assert model.conv1.conv1.weight.shape == (64, 3, 3, 7, 7)
-    state = {f"module.{k}": v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    state["module.text_module.fc2.bias"] = torch.zeros(512)
-    checkpoint = {"epoch": 7, "state_dict": state,
-                  "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1]}]},
-                  "scheduler": {"last_epoch": 7, "_last_lr": [1e-3]}}
-    torch.save(checkpoint, tmp_path / "epoch0007.pth.tar")
-    loaded = load_s3d_checkpoint(tmp_path / "epoch0007.pth.tar")
-    assert not uses_space_to_depth(loaded)
-    video, text = split_s3d_state_dict(loaded)
-    assert set(text) == {"fc2.bias"}
-    fresh = S3D(space_to_depth=False)
-    fresh.load_state_dict(video, strict=True)
-    torch.testing.assert_close(fresh.fc.weight, model.fc.weight + 1)
-
-
-def test_load_rejects_a_non_s3d_file(tmp_path):
-    torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not an S3D checkpoint"):
-        load_s3d_checkpoint(tmp_path / "other.pt")
 
 
 def test_space_to_depth_channel_order_is_dt_dh_dw_c():

@@ -6,7 +6,8 @@ State-dict layout (what ``model.state_dict()`` keys look like):
   layers at the top level (``conv1.*`` ... ``mixed_5c.*``, ``fc.*``) and the text tower as
   ``text_module.*``. With the word2vec text tower, the default sizes and a 66,249-word
   dictionary (66,250 embedding rows) the official file loads with
-  ``model.load_state_dict(load_s3d_checkpoint(path), strict=True)``.
+  ``model.load_state_dict(torch.load(path, weights_only=True), strict=True)`` (evaluation's
+  ``load_model`` detects both S3D formats).
 * ViT presets: ``video_tower.*`` (VideoMAE encoder names), ``video_proj.*`` (width -> embed_dim),
   ``text_tower.*``.
 

@@ -20,7 +20,6 @@ Architecture facts this file reproduces (Xie et al. 2018, Miech et al. 2020):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import torch
@@ -39,7 +38,6 @@ INCEPTION_WIDTHS: dict[str, tuple[int, int, int, int, int, int]] = {
     "mixed_5b": (256, 160, 320, 32, 128, 128),
     "mixed_5c": (384, 192, 384, 48, 128, 128),
 }
-TEXT_PREFIX = "text_module."
 
 
 class ConvBNReLU3d(nn.Module):
@@ -204,40 +202,7 @@ class S3D(nn.Module):
         return {"mixed_5c": mixed_5c, "pooled": mixed_5c, "video_embedding": self.fc(mixed_5c)}
 
 
-# --------------------------------------------------------------------------- checkpoints
-def load_s3d_checkpoint(source: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:
-    """Return a plain S3D state dict from either published format.
-
-    Accepts a path or an already loaded object:
-
-    * the official ``s3d_howto100m.pth``: a plain state dict (537 entries, space-to-depth);
-    * a MIL-NCE training-repo checkpoint ``{epoch, state_dict, optimizer, scheduler}`` whose
-      state dict keys carry DataParallel's ``module.`` prefix (no space-to-depth).
-
-    Files are read with ``torch.load(weights_only=True)``: no pickled code is ever executed.
-    Use :func:`uses_space_to_depth` to pick the matching :class:`S3D` variant and
-    :func:`split_s3d_state_dict` to separate the video and text parts.
-    """
-    if isinstance(source, Mapping):
-        loaded = source
-    else:
-        loaded = torch.load(os.fspath(source), map_location="cpu", weights_only=True)
-    if not isinstance(loaded, Mapping):
-        raise ValueError(f"{source!s:.200}: not an S3D checkpoint (got {type(loaded).__name__})")
-    state = loaded["state_dict"] if "state_dict" in loaded else loaded
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    if "conv1.conv1.weight" not in state:
-        raise ValueError(f"{source!s:.200}: not an S3D checkpoint (no conv1.conv1.weight among {len(state)} keys)")
-    return state
-
-
 def uses_space_to_depth(state_dict: Mapping[str, torch.Tensor]) -> bool:
     """True for the official layout (conv1 has 24 = 8·3 input channels), False for 3."""
     return state_dict["conv1.conv1.weight"].shape[1] == 24
 
-
-def split_s3d_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
-    """Split into (video network, text branch) state dicts; the text keys lose ``text_module.``."""
-    video = {k: v for k, v in state_dict.items() if not k.startswith(TEXT_PREFIX)}
-    text = {k.removeprefix(TEXT_PREFIX): v for k, v in state_dict.items() if k.startswith(TEXT_PREFIX)}
-    return video, text
