@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import functools
 import hashlib
 import io
 import itertools
@@ -80,30 +81,19 @@ class _CaptionArrays:
             self.text += text.encode("utf-8")
             self.text_offsets.append(len(self.text))
 
-    def save(self, folder: Path) -> dict[str, Path]:
+    def arrays(self) -> dict[str, np.ndarray]:
         times = np.concatenate(self.times) if self.times else np.zeros((0, 2), np.float32)
-        files = {"caption_starts": _save_npy(folder / "caption_starts.npy", np.array(self.starts, np.int64)),
-                 "caption_times": _save_npy(folder / "caption_times.npy", times.astype(np.float32)),
-                 "caption_text_offsets": _save_npy(folder / "caption_text_offsets.npy",
-                                                   np.array(self.text_offsets, np.int64))}
-        files["caption_text"] = folder / "caption_text.bin"
-        _write_synced(files["caption_text"], bytes(self.text))
-        return files
+        return {"caption_starts": np.array(self.starts, np.int64), "caption_times": times.astype(np.float32),
+                "caption_text_offsets": np.array(self.text_offsets, np.int64)}
 
 
-def _save_npy(path: Path, array: np.ndarray) -> Path:
+def _write_synced(path: Path, write) -> Path:
+    """``write(file)`` into ``path``, then fsync: the manifest entry that follows must point at durable data."""
     with open(path, "wb") as f:
-        np.save(f, array)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     return path
-
-
-def _write_synced(path: Path, payload: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _ids_array(video_ids: list[str]) -> np.ndarray:
@@ -224,23 +214,23 @@ def _assemble_shard(task: _ShardTask, rows: list[dict]) -> dict:
     captions = _CaptionArrays()
     for r in kept:
         captions.add(r["caption_times"], r["caption_texts"])
-    ids = _ids_array([r["video_id"] for r in kept])
-    data_path = folder / "data.bin"
-    with open(data_path, "wb") as data:
+
+    def concatenate_parts(data) -> None:
         for part in parts:
             with open(part, "rb") as f:
                 shutil.copyfileobj(f, data, 1 << 22)
-        data.flush()
-        os.fsync(data.fileno())
+
     meta = np.array([(r["height"], r["width"], r["source_fps"], r["source_duration"]) for r in kept],
                     dtype=[("height", "<i4"), ("width", "<i4"), ("source_fps", "<f4"), ("source_duration", "<f4")])
     sizes = [size for r in kept for size in r["byte_sizes"]]
     counts = [r["num_frames"] for r in kept]
-    files = {"data": data_path,
-             "byte_offsets": _save_npy(folder / "byte_offsets.npy", np.cumsum([0, *sizes], dtype=np.int64)),
-             "video_starts": _save_npy(folder / "video_starts.npy", np.cumsum([0, *counts], dtype=np.int64)),
-             "video_ids": _save_npy(folder / "video_ids.npy", ids), "videos": _save_npy(folder / "videos.npy", meta)}
-    files.update(captions.save(folder))
+    arrays = {"byte_offsets": np.cumsum([0, *sizes], dtype=np.int64),
+              "video_starts": np.cumsum([0, *counts], dtype=np.int64),
+              "video_ids": _ids_array([r["video_id"] for r in kept]), "videos": meta, **captions.arrays()}
+    files = {"data": _write_synced(folder / "data.bin", concatenate_parts),
+             **{role: _write_synced(folder / f"{role}.npy", functools.partial(np.save, arr=array))
+                for role, array in arrays.items()},
+             "caption_text": _write_synced(folder / "caption_text.bin", lambda f: f.write(captions.text))}
     shutil.rmtree(folder / "parts")
     rel = {role: f"{task.name}/{path.name}" for role, path in files.items()}
     return {"index": task.index, "name": task.name, "inputs_sha256": task.inputs_sha256, "videos": len(kept),
