@@ -47,10 +47,6 @@ def storage_short_side(video_size: int) -> int:
     return video_size
 
 
-def default_shard_root(cfg: RunConfig, root: Path) -> Path:
-    return root / f"shards_fps{cfg.data.fps:g}_s{storage_short_side(cfg.data.video_size)}"
-
-
 def ensure_corpus(cfg: RunConfig, root: Path, build: bool) -> None:
     """Generate a missing synthetic corpus (when ``build``), or add its lexicon file; a real corpus must exist."""
     if (root / cfg.data.train_csv).is_file():
@@ -71,26 +67,31 @@ def ensure_corpus(cfg: RunConfig, root: Path, build: bool) -> None:
                     train_hue=synthetic.train_hue, train_videos=synthetic.train_videos)
 
 
-def ensure_shards(cfg: RunConfig, root: Path, shard_root: Path, build: bool) -> None:
+def ensure_corpus_shards(cfg: RunConfig, root: Path, build: bool) -> Path:
+    """The corpus (:func:`ensure_corpus`) and its frame shards, ``data.shard_root`` or by default beside the corpus;
+    returns the shard folder. Only the synthetic corpus's shards are built here."""
+    short_side = storage_short_side(cfg.data.video_size)
+    shard_root = (resolve_path(cfg.data.shard_root) if cfg.data.shard_root
+                  else root / f"shards_fps{cfg.data.fps:g}_s{short_side}")
+    ensure_corpus(cfg, root, build)
     if (shard_root / "manifest.json").is_file():
-        return
+        return shard_root
     video_root = resolve_path(cfg.data.video_root) if cfg.data.video_root else root
     caption_root = root / cfg.data.caption_root if not os.path.isabs(cfg.data.caption_root) else Path(
         cfg.data.caption_root)
     command = (f"python scripts/shard_howto.py --csv {root / cfg.data.train_csv} --video_root {video_root} "
                f"--caption_root {caption_root} --out {shard_root} --fps {cfg.data.fps:g} "
-               f"--short_side {storage_short_side(cfg.data.video_size)} --decoder {cfg.data.decoder}")
+               f"--short_side {short_side} --decoder {cfg.data.decoder}")
     if not (cfg.data.synthetic.enabled and build):
         raise FileNotFoundError(f"data.shard_root: no shards at {shard_root}; build them with: {command}")
     from mmpt_lite.data.shard_build import build_video_shards
-    log.info("sharding %s -> %s (frames at %g fps, short side %d)", root, shard_root, cfg.data.fps,
-             storage_short_side(cfg.data.video_size))
+    log.info("sharding %s -> %s (frames at %g fps, short side %d)", root, shard_root, cfg.data.fps, short_side)
     summary = build_video_shards(csv_path=root / cfg.data.train_csv, video_root=video_root,
                                  caption_root=caption_root, out_dir=shard_root, fps=cfg.data.fps,
-                                 short_side=storage_short_side(cfg.data.video_size),
-                                 workers=os.cpu_count() or 1, videos_per_shard=16, progress=True,
-                                 decoder=cfg.data.decoder)
+                                 short_side=short_side, workers=os.cpu_count() or 1, videos_per_shard=16,
+                                 progress=True, decoder=cfg.data.decoder)
     log.info("shards: %s", summary)
+    return shard_root
 
 
 def _ensure_word_vectors(cfg: RunConfig, shard_root: Path, caption_store, build: bool) -> RunConfig:
@@ -125,9 +126,7 @@ def prepare_data(cfg: RunConfig, *, build: bool = True) -> PreparedData:
     from mmpt_lite.data.shards import ShardedCaptionStore, ShardedVideoStore
 
     root = resolve_path(cfg.data.root)
-    shard_root = resolve_path(cfg.data.shard_root) if cfg.data.shard_root else default_shard_root(cfg, root)
-    ensure_corpus(cfg, root, build)
-    ensure_shards(cfg, root, shard_root, build)
+    shard_root = ensure_corpus_shards(cfg, root, build)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, shard_root=str(shard_root)))
     video_store, caption_store = ShardedVideoStore(shard_root), ShardedCaptionStore(shard_root)
     cfg = _ensure_word_vectors(cfg, shard_root, caption_store, build)

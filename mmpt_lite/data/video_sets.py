@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from mmpt_lite.config import RunConfig, resolve_path
 from mmpt_lite.data.aligners import apply_crop, mae_frame_indices, multiscale_crop
-from mmpt_lite.data.prepare import PreparedData, default_shard_root, ensure_corpus, ensure_shards, storage_short_side
+from mmpt_lite.data.prepare import PreparedData, ensure_corpus, ensure_corpus_shards, storage_short_side
 from mmpt_lite.data.shards import ShardedVideoStore
 from mmpt_lite.data.video import resize_rgb
 
@@ -88,9 +88,7 @@ def prepare_mae_data(cfg: RunConfig, *, build: bool) -> PreparedData:
     root = resolve_path(cfg.data.root)
     dataset = cfg.mae.dataset
     if dataset == "shards":  # the MIL-NCE corpus's frames; captions and word vectors are not needed
-        shard_root = resolve_path(cfg.data.shard_root) if cfg.data.shard_root else default_shard_root(cfg, root)
-        ensure_corpus(cfg, root, build)
-        ensure_shards(cfg, root, shard_root, build)
+        shard_root = ensure_corpus_shards(cfg, root, build)
         name = "how2-synth" if cfg.data.synthetic.enabled else root.name
     else:
         shard_root = ensure_set_shards(cfg, root, dataset, build)
