@@ -67,31 +67,38 @@ def ensure_corpus(cfg: RunConfig, root: Path, build: bool) -> None:
                     train_hue=synthetic.train_hue, train_videos=synthetic.train_videos)
 
 
-def ensure_corpus_shards(cfg: RunConfig, root: Path, build: bool) -> Path:
-    """The corpus (:func:`ensure_corpus`) and its frame shards, ``data.shard_root`` or by default beside the corpus;
-    returns the shard folder. Only the synthetic corpus's shards are built here."""
-    short_side = storage_short_side(cfg.data.video_size)
-    shard_root = (resolve_path(cfg.data.shard_root) if cfg.data.shard_root
-                  else root / f"shards_fps{cfg.data.fps:g}_s{short_side}")
-    ensure_corpus(cfg, root, build)
+def ensure_shards(cfg: RunConfig, csv_path: Path, video_root: Path, shard_root: Path, *, fps: float, build: bool,
+                  caption_root: Path | None = None) -> Path:
+    """Frame shards of the videos listed in ``csv_path`` at ``fps``, short side :func:`storage_short_side`; built
+    here for the synthetic corpus, otherwise a FileNotFoundError gives the command that builds them."""
     if (shard_root / "manifest.json").is_file():
         return shard_root
+    short_side = storage_short_side(cfg.data.video_size)
+    if not (cfg.data.synthetic.enabled and build):
+        command = (f"python scripts/shard_howto.py --csv {csv_path} --video_root {video_root} "
+                   + (f"--caption_root {caption_root} " if caption_root else "")
+                   + f"--out {shard_root} --fps {fps:g} --short_side {short_side} --decoder {cfg.data.decoder}")
+        raise FileNotFoundError(f"data.shard_root: no shards at {shard_root}; build them with: {command}")
+    from mmpt_lite.data.shard_build import build_video_shards
+    log.info("sharding %s -> %s (frames at %g fps, short side %d)", video_root, shard_root, fps, short_side)
+    summary = build_video_shards(csv_path=csv_path, video_root=video_root, caption_root=caption_root,
+                                 out_dir=shard_root, fps=fps, short_side=short_side, workers=os.cpu_count() or 1,
+                                 videos_per_shard=16, progress=True, decoder=cfg.data.decoder)
+    log.info("shards: %s", summary)
+    return shard_root
+
+
+def ensure_corpus_shards(cfg: RunConfig, root: Path, build: bool) -> Path:
+    """The corpus (:func:`ensure_corpus`) and its frame shards, ``data.shard_root`` or by default beside the corpus;
+    returns the shard folder."""
+    shard_root = (resolve_path(cfg.data.shard_root) if cfg.data.shard_root
+                  else root / f"shards_fps{cfg.data.fps:g}_s{storage_short_side(cfg.data.video_size)}")
+    ensure_corpus(cfg, root, build)
     video_root = resolve_path(cfg.data.video_root) if cfg.data.video_root else root
     caption_root = root / cfg.data.caption_root if not os.path.isabs(cfg.data.caption_root) else Path(
         cfg.data.caption_root)
-    command = (f"python scripts/shard_howto.py --csv {root / cfg.data.train_csv} --video_root {video_root} "
-               f"--caption_root {caption_root} --out {shard_root} --fps {cfg.data.fps:g} "
-               f"--short_side {short_side} --decoder {cfg.data.decoder}")
-    if not (cfg.data.synthetic.enabled and build):
-        raise FileNotFoundError(f"data.shard_root: no shards at {shard_root}; build them with: {command}")
-    from mmpt_lite.data.shard_build import build_video_shards
-    log.info("sharding %s -> %s (frames at %g fps, short side %d)", root, shard_root, cfg.data.fps, short_side)
-    summary = build_video_shards(csv_path=root / cfg.data.train_csv, video_root=video_root,
-                                 caption_root=caption_root, out_dir=shard_root, fps=cfg.data.fps,
-                                 short_side=short_side, workers=os.cpu_count() or 1, videos_per_shard=16,
-                                 progress=True, decoder=cfg.data.decoder)
-    log.info("shards: %s", summary)
-    return shard_root
+    return ensure_shards(cfg, root / cfg.data.train_csv, video_root, shard_root, fps=cfg.data.fps, build=build,
+                         caption_root=caption_root)
 
 
 def _ensure_word_vectors(cfg: RunConfig, shard_root: Path, caption_store, build: bool) -> RunConfig:

@@ -19,7 +19,6 @@ import csv
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from torch.utils.data import Dataset
 
 from mmpt_lite.config import RunConfig, resolve_path
 from mmpt_lite.data.aligners import apply_crop, mae_frame_indices, multiscale_crop
-from mmpt_lite.data.prepare import PreparedData, ensure_corpus, ensure_corpus_shards, storage_short_side
+from mmpt_lite.data.prepare import PreparedData, ensure_corpus, ensure_corpus_shards, ensure_shards, storage_short_side
 from mmpt_lite.data.shards import ShardedVideoStore
 from mmpt_lite.data.video import resize_rgb
 
@@ -70,16 +69,7 @@ def ensure_set_shards(cfg: RunConfig, root: Path, dataset: str, build: bool) -> 
         writer = csv.writer(f)
         writer.writerow(["video_path"])
         writer.writerows([p] for p in train_video_paths(set_root, dataset))
-    if not cfg.data.synthetic.enabled:
-        raise FileNotFoundError(f"data.shard_root: no shards at {shard_root}; build them with: python "
-                                f"scripts/shard_howto.py --csv {video_list} --video_root {set_root} "
-                                f"--out {shard_root} --fps {fps:g} --short_side {short_side}")
-    from mmpt_lite.data.shard_build import build_video_shards
-    log.info("sharding %s (%s training set) -> %s at %g fps", set_root, dataset, shard_root, fps)
-    report = build_video_shards(video_list, set_root, shard_root, fps=fps, short_side=short_side,
-                                videos_per_shard=16, workers=os.cpu_count() or 1, progress=True)
-    log.info("shards: %s", report)
-    return shard_root
+    return ensure_shards(cfg, video_list, set_root, shard_root, fps=fps, build=build)
 
 
 def prepare_mae_data(cfg: RunConfig, *, build: bool) -> PreparedData:
