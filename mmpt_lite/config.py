@@ -220,6 +220,36 @@ class LaunchConfig:
     script_dir: str = "runs/slurm"
 
 
+# A stage's overrides: dotted keys of this file's sections (``train.max_steps: 300``; nested mappings are read
+# the same way), checked against RunConfig like ``--set`` and stored flat.
+StageOverrides = dict[str, Any]
+# Stage name -> the train.task it runs ("report" trains nothing: it evaluates the last training stage).
+STAGE_TASKS = {"masked": "mae", "contrastive": "milnce"}
+STAGE_NAMES = (*STAGE_TASKS, "report")
+
+
+@dataclass(kw_only=True)
+class StagesConfig:
+    """The recipe as a sequence of runs (``mmpt_lite.pipeline``). ``order: []`` = one plain run of this config.
+
+    Each stage runs this config plus its overrides (plus the command line's ``--set``, which apply to every
+    stage) in ``<train.output_dir>/<stage>/``. ``contrastive`` after ``masked`` starts its video tower from
+    the masked stage's encoder (``model.video.init_from``); ``report`` evaluates the last training stage.
+    """
+
+    order: list[Literal["masked", "contrastive", "report"]] = field(default_factory=list)
+    masked: StageOverrides = field(default_factory=dict)
+    contrastive: StageOverrides = field(default_factory=dict)
+    report: StageOverrides = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        order = self.order
+        if len(set(order)) != len(order):
+            raise ConfigError(f"stages.order: {order}: each stage may appear once")
+        if "report" in order and (order[-1] != "report" or not set(order) & set(STAGE_TASKS)):
+            raise ConfigError(f"stages.order: {order}: report comes last, after a training stage")
+
+
 @dataclass(kw_only=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -231,6 +261,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
 
     def __post_init__(self) -> None:
         clips, batch = self.data.clips_per_video, self.data.batch_size
@@ -282,6 +313,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[-1])
+    if tp == StageOverrides:
+        return _stage_overrides(value, where)
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -306,6 +339,34 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected str, got {type(value).__name__} {value!r}")
         return value
     raise ConfigError(f"{where}: unsupported annotation {_type_name(tp)}")  # a bug in this file
+
+
+def _flatten(value: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    items = []
+    for key, v in value.items():
+        dotted = f"{prefix}{key}"
+        items += _flatten(v, dotted + ".") if isinstance(v, dict) else [(dotted, v)]
+    return items
+
+
+def _stage_overrides(value: Any, where: str) -> dict[str, Any]:
+    """A stage's overrides, flattened to dotted keys and each checked against RunConfig (later keys win)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of dotted keys (train.max_steps: 300), "
+                          f"got {type(value).__name__}")
+    out: dict[str, Any] = {}
+    for key, v in _flatten(value):
+        path = f"{where}.{key}"
+        parts = str(key).split(".")
+        if parts[0] == "stages" or key == "train.output_dir":
+            raise ConfigError(f"{path}: a stage cannot set this (its folder is <train.output_dir>/<stage>)")
+        tp = _annotation_at(parts)
+        if tp is None or not all(parts):
+            raise ConfigError(f"{path}: unknown key")
+        if dataclasses.is_dataclass(tp):
+            raise ConfigError(f"{path}: is a section; give its keys (e.g. {key}.<key>)")
+        out[key] = _coerce(v, tp, path)
+    return out
 
 
 def _build(cls: type, data: dict, where: str) -> Any:
@@ -379,6 +440,8 @@ def _annotation_at(parts: list[str]) -> Any:
     """The annotation of a dotted key in RunConfig, or None if the path is not a field."""
     tp: Any = RunConfig
     for part in parts:
+        if tp == StageOverrides:  # stages.<stage>.<dotted key of RunConfig>
+            tp = RunConfig
         if not dataclasses.is_dataclass(tp):
             return None
         tp = typing.get_type_hints(tp).get(part)
@@ -431,6 +494,40 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     config_from_dict(data, str(path))  # file errors name the file, before overrides
     data = apply_overrides(data, overrides or [])
     return config_from_dict(data, str(path))
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    *sections, last = key.split(".")
+    for part in sections:
+        data = data.setdefault(part, {})
+    data[last] = value
+
+
+def stage_config(cfg: RunConfig, stage: str, overrides: list[str] | None = None) -> RunConfig:
+    """The run config of one training or report stage of ``cfg.stages``: ``cfg`` + the stage's overrides +
+    ``overrides`` (the command line's ``--set``, re-applied so they win in every stage), in
+    ``<train.output_dir>/<stage>``, with ``stages`` cleared (its saved config.yaml is a plain run). A
+    contrastive stage after a masked one in ``stages.order`` starts from the masked stage's encoder."""
+    data = dataclasses.asdict(cfg)
+    data["stages"] = {}
+    where = f"stages.{stage}"
+    wanted = STAGE_TASKS.get(stage)
+    if wanted is not None:
+        data["train"]["task"] = wanted
+    for key, value in getattr(cfg.stages, stage).items():
+        _set_dotted(data, key, value)
+    try:
+        data = apply_overrides(data, [o for o in overrides or [] if not o.split("=", 1)[0].strip().startswith("stages.")])
+        data["train"]["output_dir"] = str(Path(cfg.train.output_dir) / stage)
+        order = cfg.stages.order
+        if stage == "contrastive" and "masked" in order and order.index("masked") < order.index(stage):
+            data["model"]["video"]["init_from"] = str(Path(cfg.train.output_dir) / "masked")
+        out = config_from_dict(data, where)
+    except ConfigError as exc:
+        raise type(exc)(str(exc).replace("--set", f"{where}: --set", 1)) from None
+    if wanted is not None and out.train.task != wanted:
+        raise ConfigError(f"{where}.train.task: the {stage} stage runs train.task {wanted!r}, not {out.train.task!r}")
+    return out
 
 
 def dump_config(cfg: RunConfig) -> str:

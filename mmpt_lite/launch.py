@@ -124,18 +124,34 @@ def main(argv: list[str] | None = None) -> int:
                   if getattr(args, n) is not None]
     try:
         cfg = load_config(args.config, overrides)
+        get_task(cfg.train.task)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if cfg.stages.order:
+        if args.jobtype == "slurm":
+            print(f"error: stages.order: {args.config} is a staged recipe ({', '.join(cfg.stages.order)}); --jobtype "
+                  "slurm submits one run: --set stages.order=[] (and a stage's settings) per job", file=sys.stderr)
+            return 2
+        from mmpt_lite.pipeline import run_pipeline
+        return run_pipeline(cfg, overrides, jobtype=args.jobtype, dryrun=args.dryrun, run_stage=launch_run)
+    return launch_run(cfg, args.jobtype, args.dryrun)
+
+
+def launch_run(cfg: RunConfig, jobtype: str, dryrun: bool) -> int:
+    """One run of ``cfg`` (a plain config or one stage of a staged one) through ``jobtype``'s path."""
+    try:
         task = get_task(cfg.train.task)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
     out_dir = resolve_path(cfg.train.output_dir)
     config_path = out_dir / "config.yaml"
     workdir = Path.cwd()
-    if args.jobtype == "slurm":
+    if jobtype == "slurm":
         script = render_sbatch(cfg, config_path, workdir)
         script_path = resolve_path(cfg.launch.script_dir) / f"{cfg.launch.job_name}-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
-        if args.dryrun:
+        if dryrun:
             print(f"# sbatch script (would be written to {script_path})\n{script}")
             print(f"# resolved config (would be written to {config_path})\n{dump_config(cfg)}")
             return 0
@@ -148,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sbatch not found on this machine; submit it on the cluster with: sbatch {script_path}")
         return 0
 
-    cmd = build_command(cfg, args.jobtype, config_path)
-    if args.dryrun:
+    cmd = build_command(cfg, jobtype, config_path)
+    if dryrun:
         print("# command\n" + shlex.join(cmd))
         print(f"# resolved config (would be written to {config_path})\n{dump_config(cfg)}")
         return 0
@@ -157,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmpt_lite.train.logging import setup_logging
 
     setup_logging(0)
-    print(describe_run(cfg, args.jobtype), flush=True)
+    print(describe_run(cfg, jobtype), flush=True)
     # Prepare shared inputs once, before any rank starts (ranks only read them). Inputs that live in the
     # corpus (e.g. an action lexicon) are checked here, once they exist.
     try:
@@ -169,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     save_config(cfg, config_path)
-    if args.jobtype == "local_single":  # the entry point in this process (a kill stops the run, no orphan)
+    if jobtype == "local_single":  # the entry point in this process (a kill stops the run, no orphan)
         from mmpt_lite.train.main import run
         return run(cfg)
     env = dict(os.environ)

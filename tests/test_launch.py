@@ -43,7 +43,7 @@ def test_dryrun_writes_nothing(repo_root, tmp_path):
 
 def test_slurm_dryrun_script(repo_root, tmp_path):
     r = dryrun(repo_root, "--jobtype", "slurm", "--nodes", "4", "--gpus_per_node", "8", "--partition", "gpu",
-               "--time", "12:00:00", "--set", f"launch.script_dir={tmp_path}")
+               "--time", "12:00:00", "--set", f"launch.script_dir={tmp_path}", "--set", "stages.order=[]")
     assert r.returncode == 0, r.stderr
     s = r.stdout
     for line in ["#SBATCH --nodes=4", "#SBATCH --gpus-per-node=8", "#SBATCH --partition=gpu",
@@ -52,6 +52,14 @@ def test_slurm_dryrun_script(repo_root, tmp_path):
     assert re.search(r"srun .*torch\.distributed\.run .*--nnodes=\$SLURM_NNODES .*--nproc_per_node=8", s)
     assert "--rdzv_backend=c10d" in s and "MASTER_ADDR=$(scontrol show hostnames" in s
     assert not list(tmp_path.iterdir())  # dryrun: nothing written
+
+
+def test_slurm_refuses_a_staged_recipe(repo_root, tmp_path):
+    """slurm submits one run: a staged config is refused in one line (each stage is its own job)."""
+    r = dryrun(repo_root, "--jobtype", "slurm", "--set", f"launch.script_dir={tmp_path}")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("error: stages.order:") and "--set stages.order=[]" in r.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_slurm_writes_script_that_bash_parses(repo_root, tmp_path):
@@ -76,7 +84,8 @@ def test_slurm_submits_with_sbatch_when_present(repo_root, tmp_path):
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
     r = subprocess.run([sys.executable, "locallaunch.py", "projects/how2_pretrain.yaml", "--jobtype", "slurm",
-                        "--set", f"launch.script_dir={tmp_path / 's'}", "--set", f"train.output_dir={tmp_path / 'run'}"],
+                        "--set", f"launch.script_dir={tmp_path / 's'}", "--set", f"train.output_dir={tmp_path / 'run'}",
+                        "--set", "stages.order=[]"],
                        cwd=repo_root, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert "Submitted batch job 42" in r.stdout
