@@ -6,7 +6,10 @@ A :class:`VideoSpec` fully describes one video; :func:`render_video` turns it in
 randomness comes in through the spec (a scene seed and planned motions), so rendering is a pure
 function of the spec and the same spec always gives the same bytes.
 
-Coordinates: pixels, x to the right, y down; angles in degrees, positive = clockwise on screen.
+Coordinates: scene units, x to the right, y down; angles in degrees, positive = clockwise on screen.
+A scene unit is a pixel of the planned frame (320x240 for most sets). :func:`rescaled` renders a spec at
+another short side and frame rate: every mask is evaluated on the scaled pixel grid and motion is a
+function of continuous time, so the scene (positions, sizes, speeds in scene units) stays the same.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import hashlib
 import math
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -117,13 +120,48 @@ class VideoSpec:
     """Everything needed to render one file: size, rate, the scene and its shots (covering the video)."""
 
     rel_path: str          # relative to the corpus root; the suffix picks the container
-    width: int
+    width: int             # of the file, in pixels
     height: int
     fps: int
     num_frames: int
     scene_seed: int        # background and clutter
     hue: float             # background hue in [0, 1)
     shots: tuple[Shot, ...]
+    # (width, height) of the planned scene when the file is rendered at another size (see rescaled);
+    # None: the file's size, one pixel per scene unit.
+    scene_size: tuple[int, int] | None = None
+
+    @property
+    def scale(self) -> float:
+        """File pixels per scene unit."""
+        return 1.0 if self.scene_size is None else self.height / self.scene_size[1]
+
+
+def _even(value: float) -> int:
+    """Nearest even integer >= 2 (yuv420p encoders need even dimensions)."""
+    return max(2, 2 * round(value / 2))
+
+
+def rescaled(spec: VideoSpec, short_side: int = 0, fps: int = 0) -> VideoSpec:
+    """The same scene rendered with short side `short_side` px and `fps` frames per second (0: as planned).
+
+    The long side is scaled alike and rounded to an even number; the duration stays (num_frames is
+    rounded). With both 0 the spec itself is returned, so the file is byte-identical to the planned one.
+    """
+    if not short_side and not fps:
+        return spec
+    if short_side < 0 or short_side % 2 or fps < 0:
+        raise ValueError(f"short_side must be even and >= 0 and fps >= 0, got {short_side}, {fps}")
+    changes: dict = {}
+    if short_side:
+        scene = spec.scene_size or (spec.width, spec.height)
+        if scene[0] < scene[1]:  # the height is the short side, so it scales exactly (VideoSpec.scale)
+            raise ValueError(f"{spec.rel_path}: portrait scenes are not supported")
+        width, height = (_even(side * short_side / scene[1]) for side in scene)
+        changes.update(width=width, height=height, scene_size=scene)
+    if fps:
+        changes.update(fps=fps, num_frames=max(1, round(spec.num_frames * fps / spec.fps)))
+    return replace(spec, **changes)
 
 
 def plan_motion(action: str, region: tuple[float, float, float, float], radius: float, duration: float,
@@ -274,12 +312,16 @@ class _Clutter:
     drift: tuple[float, float, float, float]  # amplitude x, amplitude y (px), period (s), phase (rad)
 
 
-def _make_scene(width: int, height: int, hue: float, seed: int) -> tuple[np.ndarray, list[_Clutter]]:
+def _make_scene(width: int, height: int, hue: float, seed: int, scene_size: tuple[int, int] | None = None,
+                scale: float = 1.0) -> tuple[np.ndarray, list[_Clutter]]:
     """A muted gradient + low-frequency noise background with static clutter baked in, and drifting clutter.
 
-    Backgrounds stay desaturated and mid-dark (value <= 0.62) so the saturated subjects, white
-    included, always stand out; clutter is small and takes muted colours near the background's.
+    The background is `width` x `height` pixels; clutter is placed in scene units (`scene_size`, default
+    the pixel size) and drawn at `scale` pixels per unit. Backgrounds stay desaturated and mid-dark
+    (value <= 0.62) so the saturated subjects, white included, always stand out; clutter is small and
+    takes muted colours near the background's.
     """
+    scene_width, scene_height = scene_size or (width, height)
     rng = np.random.default_rng(seed)
     near = _hsv(hue, rng.uniform(0.12, 0.35), rng.uniform(0.3, 0.55))
     far = _hsv(hue + rng.uniform(-0.1, 0.1), rng.uniform(0.12, 0.35), rng.uniform(0.35, 0.62))
@@ -295,17 +337,20 @@ def _make_scene(width: int, height: int, hue: float, seed: int) -> tuple[np.ndar
         rgb = np.clip(0.6 * base + 0.4 * _hsv(rng.random(), 0.3, 0.5), 0, 255)
         # At most ~6 px/s: slower than the slowest subject move (~9 px/s), so clutter never reads as the action.
         drift = (rng.uniform(5, 20), rng.uniform(3, 10), rng.uniform(20, 40), rng.uniform(0, 2 * math.pi))
-        return _Clutter(str(rng.choice(SHAPES)), rgb, rng.uniform(0, width), rng.uniform(0, height),
-                        height * rng.uniform(0.04, 0.09), rng.uniform(0, 360), drift if drifting else (0, 0, 1, 0))
+        return _Clutter(str(rng.choice(SHAPES)), rgb, rng.uniform(0, scene_width), rng.uniform(0, scene_height),
+                        scene_height * rng.uniform(0.04, 0.09), rng.uniform(0, 360),
+                        drift if drifting else (0, 0, 1, 0))
 
     for item in (clutter(False) for _ in range(int(rng.integers(3, 8)))):
-        draw_shape(background, item.shape, item.rgb, "solid", item.x, item.y, item.radius, item.angle)
+        draw_shape(background, item.shape, item.rgb, "solid", item.x * scale, item.y * scale, item.radius * scale,
+                   item.angle)
     return background, [clutter(True) for _ in range(int(rng.integers(0, 3)))]
 
 
 def render_frames(spec: VideoSpec):
     """Yield the video's frames, uint8 [height, width, 3] RGB, one per 1/fps s (the same buffer each time)."""
-    background, drifting = _make_scene(spec.width, spec.height, spec.hue, spec.scene_seed)
+    scale = spec.scale
+    background, drifting = _make_scene(spec.width, spec.height, spec.hue, spec.scene_seed, spec.scene_size, scale)
     frame = np.empty_like(background)
     colours = {name: np.array(rgb, np.float32) for name, rgb in COLOURS.items()}
     shot_index = 0
@@ -317,14 +362,14 @@ def render_frames(spec: VideoSpec):
         for item in drifting:
             ax, ay, period, phase = item.drift
             wave = math.sin(2 * math.pi * t / period + phase)
-            draw_shape(frame, item.shape, item.rgb, "solid", item.x + ax * wave, item.y + ay * wave,
-                       item.radius, item.angle)
+            draw_shape(frame, item.shape, item.rgb, "solid", (item.x + ax * wave) * scale,
+                       (item.y + ay * wave) * scale, item.radius * scale, item.angle)
         if spec.shots:
             shot = spec.shots[shot_index]
             for actor in shot.actors:
-                cx, cy, scale, angle, alpha = actor.motion.state(t - shot.start, shot.end - shot.start)
-                draw_shape(frame, actor.look.shape, colours[actor.look.colour], actor.look.texture, cx, cy,
-                           actor.radius * scale, angle, alpha)
+                cx, cy, size, angle, alpha = actor.motion.state(t - shot.start, shot.end - shot.start)
+                draw_shape(frame, actor.look.shape, colours[actor.look.colour], actor.look.texture, cx * scale,
+                           cy * scale, actor.radius * size * scale, angle, alpha)
         yield frame
 
 
