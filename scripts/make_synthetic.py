@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     verb = "reused" if summary["reused"] else "generated"
     print(f"how2-synth {verb}: {summary['out_dir']} (seed {summary['seed']}, size {summary['size']}, "
           f"train_hue {summary['train_hue']}, short_side {summary['short_side'] or 'native'}, "
-          f"fps {summary['fps'] or 'native'}, sets {','.join(summary['sets'])}, {summary['files']} files, {summary['bytes'] / 1e6:.1f} MB, {summary['seconds']:.1f} s)")
+          f"fps {summary['fps'] or 'native'}, sets {'all' if tuple(summary['sets']) == SETS else ','.join(summary['sets'])}, {summary['files']} files, {summary['bytes'] / 1e6:.1f} MB, {summary['seconds']:.1f} s)")
     print("counts: " + ", ".join(f"{split}={n}" for split, n in summary["counts"].items()))
     for kind, pairs in summary["heldout"].items():
         print(f"held out of training ({kind}): " + ", ".join("/".join(pair) for pair in pairs))

@@ -47,8 +47,8 @@ from mmpt_lite.synth.plan import (
 from mmpt_lite.synth.render import VideoSpec, ffmpeg_binary, render_video
 from mmpt_lite.synth.text import DESCRIBE, INSTRUCT
 
-__all__ = ["GENERATOR_VERSION", "LEXICON_FILE", "SETS", "SIZES", "TRAIN_HUES", "generate_corpus", "plan_corpus",
-           "write_lexicon"]
+__all__ = ["GENERATOR_VERSION", "LEXICON_FILE", "SETS", "SIZES", "TRAIN_HUES", "check_corpus", "corpus_settings",
+           "generate_corpus", "plan_corpus", "write_lexicon"]
 
 LEXICON_FILE = "actions.tsv"
 log = logging.getLogger("mmpt_lite")
@@ -100,22 +100,22 @@ def _work(spec: VideoSpec) -> int:
     return spec.num_frames * spec.width * spec.height
 
 
-def _render_all(specs: list[VideoSpec], root: Path, workers: int,
-                progress_every: float = 10.0) -> list[tuple[str, str, int]]:
+def _render_all(specs: list[VideoSpec], root: Path, workers: int, progress_every: float = 10.0,
+                encoder: str = "ffmpeg") -> list[tuple[str, str, int]]:
     """Render every spec under `root` (longest first, for load balance); returns (rel_path, sha256, bytes)."""
     ordered = sorted(specs, key=lambda spec: -spec.num_frames * spec.width)
     progress = _Progress(ordered, progress_every)
     results = []
     if workers <= 1:
         for spec in ordered:
-            results.append(render_video(spec, str(root)))
+            results.append(render_video(spec, str(root), encoder))
             progress.done(spec)
         progress.finish()
         return results
     # spawn, not fork: the caller may hold threads (torch, pytest) that a forked child would inherit.
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        futures = {pool.submit(render_video, spec, str(root)): spec for spec in ordered}
+        futures = {pool.submit(render_video, spec, str(root), encoder): spec for spec in ordered}
         for future in as_completed(futures):
             results.append(future.result())
             progress.done(futures[future])
@@ -127,7 +127,11 @@ def _render_all(specs: list[VideoSpec], root: Path, workers: int,
     return results
 
 
-def _ffmpeg_version() -> str:
+def _ffmpeg_version(encoder: str) -> str:
+    """The encoder build (the manifest's "ffmpeg"): the CLI's version line, or PyAV's and its libavcodec's."""
+    if encoder == "pyav":
+        import av
+        return f"PyAV {av.__version__} libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}"
     first = subprocess.run([ffmpeg_binary(), "-version"], capture_output=True, text=True).stdout.splitlines()
     return first[0].split(" Copyright")[0] if first else "unknown"
 
@@ -180,8 +184,16 @@ def _settings(seed, size, version, train_hue, train_videos, render, sets) -> str
             f"sets={'all' if sets == SETS else ','.join(sets)} train_hue={train_hue} train_videos={train_videos}")
 
 
-def _existing_corpus(out: Path, plan: CorpusPlan, sets: tuple[str, ...]) -> dict | None:
-    """The manifest of a complete corpus at `out` made as `plan` says; None when `out` is absent or empty."""
+def _identity(plan: CorpusPlan, sets: tuple[str, ...]) -> tuple:
+    """What a corpus is made with: seed, size, generator version, train_hue, training videos (None
+    without the train set), render setting (short side, fps) and sets, as recorded in its manifest."""
+    return (plan.seed, plan.size, GENERATOR_VERSION, plan.train_hue,
+            plan.counts["train"] if "train" in sets else None, (plan.short_side, plan.fps), sets)
+
+
+def _existing_corpus(out: Path, wanted: tuple) -> dict | None:
+    """The manifest of a complete corpus at `out` made as `wanted` (:func:`_identity`) says; None when
+    `out` is absent or empty."""
     manifest_path = out / "manifest.json"
     if not manifest_path.is_file():
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -194,8 +206,6 @@ def _existing_corpus(out: Path, plan: CorpusPlan, sets: tuple[str, ...]) -> dict
         raise RuntimeError(f"{manifest_path} is unreadable ({error}): remove {out} and generate again") from None
     made = (manifest.get("seed"), manifest.get("size"), manifest.get("generator_version"), _train_hue(manifest),
             manifest.get("counts", {}).get("train"), _render(manifest), _sets(manifest))
-    wanted = (plan.seed, plan.size, GENERATOR_VERSION, plan.train_hue,
-              plan.counts["train"] if "train" in sets else None, (plan.short_side, plan.fps), sets)
     if made != wanted:
         raise FileExistsError(f"{out} holds how2-synth {_settings(*made)}, not {_settings(*wanted)}: "
                               "remove it or choose another folder")
@@ -214,6 +224,29 @@ def _summary(out: Path, manifest: dict, seconds: float, reused: bool) -> dict:
             "heldout": manifest["heldout"], "files": len(manifest["files"]),
             "bytes": sum(info["bytes"] for info in manifest["files"].values()),
             "seconds": round(seconds, 2), "reused": reused}
+
+
+def check_corpus(out_dir: str | Path, seed: int = 0, size: str = "default", train_hue: str = "task",
+                 train_videos: int = 0, short_side: int = 0, fps: int = 0,
+                 sets: str | list[str] | tuple[str, ...] = "all") -> None:
+    """For a corpus folder that is already there: raise FileExistsError (naming both settings) when its
+    manifest says it was made with other settings than these, and add its lexicon file. A folder
+    without a manifest (a corpus made by hand) only gets the lexicon. Cheap: nothing is planned."""
+    out = Path(out_dir).absolute()
+    if (out / "manifest.json").is_file():
+        if size not in SIZES:
+            raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+        sets = chosen_sets(sets)
+        train = (train_videos or SIZES[size].train_videos) if "train" in sets else None
+        _existing_corpus(out, (seed, size, GENERATOR_VERSION, train_hue, train, (short_side, fps), sets))
+    write_lexicon(out)
+
+
+def corpus_settings(synthetic) -> dict:
+    """generate_corpus / check_corpus keywords from a run config's ``data.synthetic`` section."""
+    return {"seed": synthetic.seed, "size": synthetic.size, "train_hue": synthetic.train_hue,
+            "train_videos": synthetic.train_videos, "short_side": synthetic.render.short_side,
+            "fps": synthetic.render.fps, "sets": synthetic.sets}
 
 
 def _select(plan: CorpusPlan, sets: tuple[str, ...]) -> tuple[list[VideoSpec], dict[str, str], dict, dict]:
@@ -249,11 +282,14 @@ def generate_corpus(out_dir: str | Path, seed: int = 0, size: str = "default", w
     # Validates the settings; cheap (~0.1 s for default).
     plan = plan_corpus(seed, size, train_hue, train_videos, short_side, fps)
     seed, sets = plan.seed, chosen_sets(sets)
-    manifest = _existing_corpus(out, plan, sets)
+    manifest = _existing_corpus(out, _identity(plan, sets))
     if manifest is not None:
         write_lexicon(out)
         return _summary(out, manifest, time.monotonic() - began, reused=True)
-    ffmpeg_version = _ffmpeg_version()
+    # Native files keep the ffmpeg CLI (the same bytes as ever); small ones are encoded in-process, where
+    # starting one ffmpeg per video would cost more than drawing and encoding it.
+    encoder = "ffmpeg" if (plan.short_side, plan.fps) == (0, 0) else "pyav"
+    ffmpeg_version = _ffmpeg_version(encoder)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(out)
     build = out.with_name(f"{out.name}.tmp-{os.getpid()}")
@@ -265,7 +301,7 @@ def generate_corpus(out_dir: str | Path, seed: int = 0, size: str = "default", w
                        sets), workers)
     try:
         files = {rel: (digest, size_bytes)
-                 for rel, digest, size_bytes in _render_all(specs, build, workers, progress_every)}
+                 for rel, digest, size_bytes in _render_all(specs, build, workers, progress_every, encoder)}
         for rel, content in texts.items():
             data = content.encode()
             (build / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -290,7 +326,7 @@ def generate_corpus(out_dir: str | Path, seed: int = 0, size: str = "default", w
         try:
             os.rename(build, out)  # atomic; replaces `out` only if it is an empty folder
         except OSError:
-            if _existing_corpus(out, plan, sets) is None:  # a concurrent run did not finish it either
+            if _existing_corpus(out, _identity(plan, sets)) is None:  # a concurrent run did not finish it either
                 raise
             write_lexicon(out)
             shutil.rmtree(build)
