@@ -4,7 +4,7 @@ Everything visual lives here: the object vocabulary (shapes, colours, textures),
 looks like over time (:func:`plan_motion`), backgrounds with clutter, and the ffmpeg encoders.
 A :class:`VideoSpec` fully describes one video; :func:`render_video` turns it into a file. All
 randomness comes in through the spec (a scene seed and planned motions), so rendering is a pure
-function of the spec and the same spec always gives the same bytes.
+function of the spec and the same spec always gives the same bytes (with the same encoder build).
 
 Coordinates: scene units, x to the right, y down; angles in degrees, positive = clockwise on screen.
 A scene unit is a pixel of the planned frame (320x240 for most sets). :func:`rescaled` renders a spec at
