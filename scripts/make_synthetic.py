@@ -1,7 +1,7 @@
 """Generate the how2-synth corpus (see docs/data.md).
 
     python scripts/make_synthetic.py --out data/how2-synth --seed 0 --size default --workers 2
-    # what the main job reads, drawn at the size and rate it stores (~1.5 min instead of ~14):
+    # what the main job reads, drawn at the size and rate it stores (~1 min instead of ~14):
     python scripts/make_synthetic.py --out data/how2-synth-rh3k-s64f5 --train_hue random --train_videos 3000 \
         --short_side 64 --fps 5 --sets train,msrvtt,youcook2,hmdb51
 
