@@ -36,6 +36,25 @@ class ConfigConflict(ConfigError):
 
 
 # --------------------------------------------------------------------------- sections
+SYNTHETIC_SETS = ("train", "youcook2", "msrvtt", "finegrained", "hmdb51", "kinetics", "ssv2")  # synth.plan.SETS
+
+
+@dataclass(kw_only=True)
+class SyntheticRenderConfig:
+    """How the synthetic videos are drawn: each scene is planned in 320x240 units and continuous time, then
+    drawn directly at this short side and frame rate (docs/data.md)."""
+
+    short_side: int = 0  # px, even (yuv420p); 0 = native 240
+    fps: int = 0  # frames per second; 0 = native (12-30 depending on the set)
+
+    def __post_init__(self) -> None:
+        if self.short_side < 0 or self.short_side % 2:
+            raise ConfigError(f"data.synthetic.render.short_side: {self.short_side} must be 0 (native) or a "
+                              "positive even number of pixels (yuv420p)")
+        if self.fps < 0:
+            raise ConfigError(f"data.synthetic.render.fps: {self.fps} must be 0 (native) or a positive rate")
+
+
 @dataclass(kw_only=True)
 class SyntheticConfig:
     """The embedded how2-synth corpus, generated when ``data.root`` does not exist yet."""
@@ -49,6 +68,17 @@ class SyntheticConfig:
     # Training videos to generate; 0 = the size preset's. Video i and the evaluation sets do not depend on
     # it, so more videos extend the same corpus (less memorisation over a long run; docs/data.md).
     train_videos: int = 0
+    # Size and rate the videos are drawn at (same scene, fewer pixels); 0/0 = the formats' native 240 px, 12-30 fps.
+    render: SyntheticRenderConfig = field(default_factory=SyntheticRenderConfig)
+    # "all", or a list of the sets to render (the rest is planned, not written): the MIL-NCE pipeline reads
+    # train, msrvtt, youcook2 and hmdb51; masked pretraining with mae.dataset ssv2/kinetics reads that set.
+    sets: list[str] | str = "all"
+
+    def __post_init__(self) -> None:
+        names = [self.sets] if isinstance(self.sets, str) else self.sets
+        if names != ["all"] and (not names or any(name not in SYNTHETIC_SETS for name in names)):
+            raise ConfigError(f"data.synthetic.sets: {self.sets!r} must be 'all' or a non-empty list of "
+                              f"{', '.join(SYNTHETIC_SETS)}")
 
 
 @dataclass(kw_only=True)

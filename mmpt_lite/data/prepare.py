@@ -51,20 +51,19 @@ def ensure_corpus(cfg: RunConfig, root: Path, build: bool) -> None:
     """Generate a missing synthetic corpus (when ``build``), or add its lexicon file; a real corpus must exist."""
     if (root / cfg.data.train_csv).is_file():
         if cfg.data.synthetic.enabled and build:
-            from mmpt_lite.synth.corpus import write_lexicon
-            write_lexicon(root)  # cheap, and a no-op when the file is there
+            from mmpt_lite.synth.corpus import check_corpus, corpus_settings
+            check_corpus(root, **corpus_settings(cfg.data.synthetic))  # made otherwise: refused; adds the lexicon
         return
     if not cfg.data.synthetic.enabled:
         raise FileNotFoundError(f"data.root: {root / cfg.data.train_csv} not found (a HowTo100M-format video list "
                                 f"with column video_path); or set data.synthetic.enabled=true for the demo corpus")
     if not build:
         raise FileNotFoundError(f"data.root: {root} is not ready (the main rank should have generated it)")
-    from mmpt_lite.synth.corpus import generate_corpus
+    from mmpt_lite.synth.corpus import corpus_settings, generate_corpus
     synthetic = cfg.data.synthetic
     log.info("generating the synthetic corpus how2-synth (seed %d, size %s, train_hue %s, train_videos %s) in %s",
              synthetic.seed, synthetic.size, synthetic.train_hue, synthetic.train_videos or "preset", root)
-    generate_corpus(root, seed=synthetic.seed, size=synthetic.size, workers=os.cpu_count() or 1,
-                    train_hue=synthetic.train_hue, train_videos=synthetic.train_videos)
+    generate_corpus(root, workers=os.cpu_count() or 1, **corpus_settings(synthetic))
 
 
 def ensure_shards(cfg: RunConfig, csv_path: Path, video_root: Path, shard_root: Path, *, fps: float, build: bool,

@@ -2,7 +2,9 @@
 split, the videos (as render specs), annotation files and ground truth, all without rendering.
 
 Every video is planned from its own ``numpy.random.Generator`` seeded with (seed, stream, index),
-so a plan depends on nothing but (seed, size). Content changes must bump GENERATOR_VERSION.
+so a plan depends on nothing but (seed, size). Content changes must bump GENERATOR_VERSION. The render
+setting (short side, fps) changes only the files' pixel size and frame rate, never the plan: every video
+is planned in 320x240 scene units and continuous time, then rescaled (``render.rescaled``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from mmpt_lite.synth.render import (
     VideoSpec,
     can_perform,
     plan_motion,
+    rescaled,
 )
 from mmpt_lite.synth.text import pick
 
@@ -108,6 +111,21 @@ _STREAMS = {"heldout": 1, "train": 2, "youcook2": 3, "msrvtt": 4, "finegrained":
 # Where a training video's background hue comes from: its task (the scene predicts the recipe's actions,
 # as on HowTo100M) or an independent draw per video (no scene cue: only motion tells the actions apart).
 TRAIN_HUES = ("task", "random")
+# The corpus's sets, by top folder ("train": train.csv, videos/, captions/). A corpus may hold a subset.
+SETS = ("train", "youcook2", "msrvtt", "finegrained", "hmdb51", "kinetics", "ssv2")
+
+
+def set_of_split(split: str) -> str:
+    """The set of a ground-truth split or a counts key: kinetics_val -> kinetics, youcook2_segments -> youcook2."""
+    return split.split("_")[0]
+
+
+def set_of_path(rel_path: str) -> str | None:
+    """The set a corpus file belongs to; None for corpus-wide files (ground_truth.jsonl)."""
+    top = rel_path.split("/")[0]
+    if top in ("train.csv", "videos", "captions"):
+        return "train"
+    return top if top in SETS else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,8 +312,10 @@ def _csv(columns: list[str], rows: list[list]) -> str:
 class CorpusPlan:
     """Everything to write: video specs (rendered by workers), text files by path, ground truth, counts."""
 
-    def __init__(self, seed: int, size: str, preset: SizePreset, train_hue: str = "task") -> None:
+    def __init__(self, seed: int, size: str, preset: SizePreset, train_hue: str = "task", short_side: int = 0,
+                 fps: int = 0) -> None:
         self.seed, self.size, self.preset, self.heldout, self.train_hue = seed, size, preset, choose_heldout(seed), train_hue
+        self.short_side, self.fps = short_side, fps  # render setting (0: as planned)
         self.specs: list[VideoSpec] = []
         self.files: dict[str, str] = {}
         self.truth: list[dict] = []
@@ -303,7 +323,9 @@ class CorpusPlan:
         self.heldout_counts: dict[str, int] = {}
 
     def add_video(self, split: str, video_id: str, spec: VideoSpec, steps: list[Step], **extra) -> None:
-        """Register a video to render and its ground-truth record (extra keys go into the record)."""
+        """Register a video to render (at the plan's render setting) and its ground-truth record (extra keys
+        go into the record)."""
+        spec = rescaled(spec, self.short_side, self.fps)
         tags = sorted(set().union(*(self.heldout.step_tags(step) for step in steps)))
         self.specs.append(spec)
         self.truth.append({
@@ -501,20 +523,27 @@ def _non_negative_int(name: str, value) -> int:
     return int(value)
 
 
-def plan_corpus(seed: int, size: str, train_hue: str = "task", train_videos: int = 0) -> CorpusPlan:
+def plan_corpus(seed: int, size: str, train_hue: str = "task", train_videos: int = 0, short_side: int = 0,
+                fps: int = 0) -> CorpusPlan:
     """The whole corpus as specs and file contents, without rendering anything (cheap).
 
     `train_hue`: "task" (training videos take their task's hue) or "random" (one independent hue per video).
     `train_videos`: how many training videos (0: the size preset's). Video i is the same whatever the
     count, and the evaluation sets do not depend on it, so a larger corpus extends a smaller one.
+    `short_side` / `fps`: render every video with this short side (even) and frame rate (0: the formats'
+    native 240 px and 12-30 fps); the scene, its timing and all text files but ground_truth.jsonl (which
+    records each file's size and rate) stay the same.
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
     if train_hue not in TRAIN_HUES:
         raise ValueError(f"unknown train_hue {train_hue!r}; choose one of {list(TRAIN_HUES)}")
     seed, train_videos = _non_negative_int("seed", seed), _non_negative_int("train_videos", train_videos)
+    short_side, fps = _non_negative_int("short_side", short_side), _non_negative_int("fps", fps)
+    if short_side % 2:
+        raise ValueError(f"short_side must be even (yuv420p), got {short_side}")
     preset = dataclasses.replace(SIZES[size], train_videos=train_videos) if train_videos else SIZES[size]
-    plan = CorpusPlan(seed, size, preset, train_hue)
+    plan = CorpusPlan(seed, size, preset, train_hue, short_side, fps)
     for planner in (_plan_train, _plan_youcook, _plan_msrvtt, _plan_finegrained, _plan_hmdb, _plan_kinetics,
                     _plan_ssv2):
         planner(plan)

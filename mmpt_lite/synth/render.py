@@ -4,9 +4,12 @@ Everything visual lives here: the object vocabulary (shapes, colours, textures),
 looks like over time (:func:`plan_motion`), backgrounds with clutter, and the ffmpeg encoders.
 A :class:`VideoSpec` fully describes one video; :func:`render_video` turns it into a file. All
 randomness comes in through the spec (a scene seed and planned motions), so rendering is a pure
-function of the spec and the same spec always gives the same bytes.
+function of the spec and the same spec always gives the same bytes (with the same encoder build).
 
-Coordinates: pixels, x to the right, y down; angles in degrees, positive = clockwise on screen.
+Coordinates: scene units, x to the right, y down; angles in degrees, positive = clockwise on screen.
+A scene unit is a pixel of the planned frame (320x240 for most sets). :func:`rescaled` renders a spec at
+another short side and frame rate: every mask is evaluated on the scaled pixel grid and motion is a
+function of continuous time, so the scene (positions, sizes, speeds in scene units) stays the same.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import hashlib
 import math
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
 
@@ -117,13 +121,48 @@ class VideoSpec:
     """Everything needed to render one file: size, rate, the scene and its shots (covering the video)."""
 
     rel_path: str          # relative to the corpus root; the suffix picks the container
-    width: int
+    width: int             # of the file, in pixels
     height: int
     fps: int
     num_frames: int
     scene_seed: int        # background and clutter
     hue: float             # background hue in [0, 1)
     shots: tuple[Shot, ...]
+    # (width, height) of the planned scene when the file is rendered at another size (see rescaled);
+    # None: the file's size, one pixel per scene unit.
+    scene_size: tuple[int, int] | None = None
+
+    @property
+    def scale(self) -> float:
+        """File pixels per scene unit."""
+        return 1.0 if self.scene_size is None else self.height / self.scene_size[1]
+
+
+def _even(value: float) -> int:
+    """Nearest even integer >= 2 (yuv420p encoders need even dimensions)."""
+    return max(2, 2 * round(value / 2))
+
+
+def rescaled(spec: VideoSpec, short_side: int = 0, fps: int = 0) -> VideoSpec:
+    """The same scene rendered with short side `short_side` px and `fps` frames per second (0: as planned).
+
+    The long side is scaled alike and rounded to an even number; the duration stays (num_frames is
+    rounded). With both 0 the spec itself is returned, so the file is byte-identical to the planned one.
+    """
+    if not short_side and not fps:
+        return spec
+    if short_side < 0 or short_side % 2 or fps < 0:
+        raise ValueError(f"short_side must be even and >= 0 and fps >= 0, got {short_side}, {fps}")
+    changes: dict = {}
+    if short_side:
+        scene = spec.scene_size or (spec.width, spec.height)
+        if scene[0] < scene[1]:  # the height is the short side, so it scales exactly (VideoSpec.scale)
+            raise ValueError(f"{spec.rel_path}: portrait scenes are not supported")
+        width, height = (_even(side * short_side / scene[1]) for side in scene)
+        changes.update(width=width, height=height, scene_size=scene)
+    if fps:
+        changes.update(fps=fps, num_frames=max(1, round(spec.num_frames * fps / spec.fps)))
+    return replace(spec, **changes)
 
 
 def plan_motion(action: str, region: tuple[float, float, float, float], radius: float, duration: float,
@@ -213,7 +252,7 @@ def _texture_mask(texture: str, a: np.ndarray, b: np.ndarray) -> np.ndarray | No
 
 def _secondary_shade(rgb: np.ndarray) -> np.ndarray:
     """The pattern colour: half brightness, or mid grey for white (half of white would read as grey anyway)."""
-    return rgb * 0.5 if rgb.mean() < 200 else np.full(3, 140.0)
+    return rgb * 0.5 if float(rgb.sum()) < 600.0 else np.full(3, 140.0)  # mean < 200 (a numpy mean costs ~5 us)
 
 
 def draw_shape(frame: np.ndarray, shape: str, rgb: np.ndarray, texture: str,
@@ -274,12 +313,16 @@ class _Clutter:
     drift: tuple[float, float, float, float]  # amplitude x, amplitude y (px), period (s), phase (rad)
 
 
-def _make_scene(width: int, height: int, hue: float, seed: int) -> tuple[np.ndarray, list[_Clutter]]:
+def _make_scene(width: int, height: int, hue: float, seed: int, scene_size: tuple[int, int] | None = None,
+                scale: float = 1.0) -> tuple[np.ndarray, list[_Clutter]]:
     """A muted gradient + low-frequency noise background with static clutter baked in, and drifting clutter.
 
-    Backgrounds stay desaturated and mid-dark (value <= 0.62) so the saturated subjects, white
-    included, always stand out; clutter is small and takes muted colours near the background's.
+    The background is `width` x `height` pixels; clutter is placed in scene units (`scene_size`, default
+    the pixel size) and drawn at `scale` pixels per unit. Backgrounds stay desaturated and mid-dark
+    (value <= 0.62) so the saturated subjects, white included, always stand out; clutter is small and
+    takes muted colours near the background's.
     """
+    scene_width, scene_height = scene_size or (width, height)
     rng = np.random.default_rng(seed)
     near = _hsv(hue, rng.uniform(0.12, 0.35), rng.uniform(0.3, 0.55))
     far = _hsv(hue + rng.uniform(-0.1, 0.1), rng.uniform(0.12, 0.35), rng.uniform(0.35, 0.62))
@@ -295,17 +338,20 @@ def _make_scene(width: int, height: int, hue: float, seed: int) -> tuple[np.ndar
         rgb = np.clip(0.6 * base + 0.4 * _hsv(rng.random(), 0.3, 0.5), 0, 255)
         # At most ~6 px/s: slower than the slowest subject move (~9 px/s), so clutter never reads as the action.
         drift = (rng.uniform(5, 20), rng.uniform(3, 10), rng.uniform(20, 40), rng.uniform(0, 2 * math.pi))
-        return _Clutter(str(rng.choice(SHAPES)), rgb, rng.uniform(0, width), rng.uniform(0, height),
-                        height * rng.uniform(0.04, 0.09), rng.uniform(0, 360), drift if drifting else (0, 0, 1, 0))
+        return _Clutter(str(rng.choice(SHAPES)), rgb, rng.uniform(0, scene_width), rng.uniform(0, scene_height),
+                        scene_height * rng.uniform(0.04, 0.09), rng.uniform(0, 360),
+                        drift if drifting else (0, 0, 1, 0))
 
     for item in (clutter(False) for _ in range(int(rng.integers(3, 8)))):
-        draw_shape(background, item.shape, item.rgb, "solid", item.x, item.y, item.radius, item.angle)
+        draw_shape(background, item.shape, item.rgb, "solid", item.x * scale, item.y * scale, item.radius * scale,
+                   item.angle)
     return background, [clutter(True) for _ in range(int(rng.integers(0, 3)))]
 
 
 def render_frames(spec: VideoSpec):
     """Yield the video's frames, uint8 [height, width, 3] RGB, one per 1/fps s (the same buffer each time)."""
-    background, drifting = _make_scene(spec.width, spec.height, spec.hue, spec.scene_seed)
+    scale = spec.scale
+    background, drifting = _make_scene(spec.width, spec.height, spec.hue, spec.scene_seed, spec.scene_size, scale)
     frame = np.empty_like(background)
     colours = {name: np.array(rgb, np.float32) for name, rgb in COLOURS.items()}
     shot_index = 0
@@ -317,14 +363,14 @@ def render_frames(spec: VideoSpec):
         for item in drifting:
             ax, ay, period, phase = item.drift
             wave = math.sin(2 * math.pi * t / period + phase)
-            draw_shape(frame, item.shape, item.rgb, "solid", item.x + ax * wave, item.y + ay * wave,
-                       item.radius, item.angle)
+            draw_shape(frame, item.shape, item.rgb, "solid", (item.x + ax * wave) * scale,
+                       (item.y + ay * wave) * scale, item.radius * scale, item.angle)
         if spec.shots:
             shot = spec.shots[shot_index]
             for actor in shot.actors:
-                cx, cy, scale, angle, alpha = actor.motion.state(t - shot.start, shot.end - shot.start)
-                draw_shape(frame, actor.look.shape, colours[actor.look.colour], actor.look.texture, cx, cy,
-                           actor.radius * scale, angle, alpha)
+                cx, cy, size, angle, alpha = actor.motion.state(t - shot.start, shot.end - shot.start)
+                draw_shape(frame, actor.look.shape, colours[actor.look.colour], actor.look.texture, cx * scale,
+                           cy * scale, actor.radius * size * scale, angle, alpha)
         yield frame
 
 
@@ -340,6 +386,17 @@ _CODEC_ARGS = {
 }
 
 
+# The same settings for the in-process encoder (PyAV's bundled libav*): starting an ffmpeg process costs
+# ~90 ms of CPU here, more than drawing and encoding a 30 s video at 64 px and 5 fps (~35 ms).
+_PYAV_CODECS = {
+    ".mp4": ("libx264", {"preset": "ultrafast", "crf": "23"}),
+    ".avi": ("mpeg4", {}),  # qscale 4, set on the codec context
+    ".webm": ("libvpx-vp9", {"deadline": "realtime", "cpu-used": "8", "row-mt": "0", "lag-in-frames": "0",
+                             "crf": "36", "b": "0"}),
+}
+ENCODERS = ("ffmpeg", "pyav")
+
+
 def ffmpeg_binary() -> str:
     """Path of the ffmpeg CLI, or a RuntimeError saying how to install it."""
     path = shutil.which("ffmpeg")
@@ -348,15 +405,41 @@ def ffmpeg_binary() -> str:
     return path
 
 
-def render_video(spec: VideoSpec, root: str) -> tuple[str, str, int]:
+def _encode_pyav(spec: VideoSpec, out: Path) -> None:
+    """Encode in this process with PyAV, single-threaded and bitexact, as the ffmpeg CLI path does."""
+    import av  # a dependency of mmpt_lite; imported here so the CLI path does not need it
+
+    codec, options = _PYAV_CODECS[out.suffix]
+    with av.open(str(out), "w", container_options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream(codec, rate=spec.fps, options=dict(options))
+        stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, "yuv420p"
+        context = stream.codec_context
+        context.time_base, context.thread_count, context.gop_size = Fraction(1, spec.fps), 1, spec.fps
+        context.flags |= av.codec.context.Flags.bitexact
+        if codec == "mpeg4":
+            context.qscale = 4
+        for index, frame in enumerate(render_frames(spec)):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts = index
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode(None))
+
+
+def render_video(spec: VideoSpec, root: str, encoder: str = "ffmpeg") -> tuple[str, str, int]:
     """Render `spec` under `root`; returns (rel_path, sha256 hex, size in bytes).
 
-    Frames are piped raw to one single-threaded ffmpeg with bitexact flags, so a spec always
-    encodes to the same bytes (on the same ffmpeg build). Key frames every second keep random
-    access cheap for the loaders.
+    Frames are piped raw to one single-threaded ffmpeg with bitexact flags (`encoder` "ffmpeg"), or
+    encoded in this process by PyAV with the same settings ("pyav": no process start, for small
+    videos), so a spec always encodes to the same bytes (on the same ffmpeg or PyAV build). Key
+    frames every second keep random access cheap for the loaders.
     """
     out = Path(root) / spec.rel_path
     out.parent.mkdir(parents=True, exist_ok=True)
+    if encoder == "pyav":
+        _encode_pyav(spec, out)
+        return spec.rel_path, hashlib.sha256(out.read_bytes()).hexdigest(), out.stat().st_size
+    if encoder != "ffmpeg":
+        raise ValueError(f"unknown encoder {encoder!r}; choose one of {list(ENCODERS)}")
     cmd = [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{spec.width}x{spec.height}", "-r", str(spec.fps),
            "-i", "-", "-threads", "1", *_CODEC_ARGS[out.suffix], "-g", str(spec.fps), *_BITEXACT, str(out)]
