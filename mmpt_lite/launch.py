@@ -189,5 +189,6 @@ def launch_run(cfg: RunConfig, jobtype: str, dryrun: bool) -> int:
         from mmpt_lite.train.main import run
         return run(cfg)
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default; explicit so each rank owns one core
+    if not env.get("OMP_NUM_THREADS"):  # torchrun's default (an empty value counts as unset): one core per rank
+        env["OMP_NUM_THREADS"] = "1"
     return subprocess.call(cmd, env=env)
