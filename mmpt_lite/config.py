@@ -309,6 +309,11 @@ class RunConfig:
         if clips > 1 and self.retri.enabled:
             raise ConfigConflict("data.clips_per_video: retrieval-augmented batches (retri.enabled) plan one clip per "
                                  "video; use 1 with retri")
+        synthetic, video_set = self.data.synthetic, self.mae.dataset
+        if (synthetic.enabled and self.train.task == "mae" and video_set != "shards" and synthetic.sets != "all"
+                and video_set not in synthetic.sets):
+            raise ConfigConflict(f"data.synthetic.sets: masked pretraining on mae.dataset={video_set} reads the "
+                                 f"synthetic corpus's {video_set} set; add it to {synthetic.sets}")
 
 
 # --------------------------------------------------------------------------- validation

@@ -159,3 +159,12 @@ def test_a_conflict_between_sections_waits_for_the_remaining_overrides(repo_root
         load_config(main_job, ["loss.name=infonce", "train.max_steps=3"])
     with pytest.raises(ConfigError, match=r"^--set train.max_step=3: train.max_step: unknown key"):
         load_config(main_job, ["loss.name=infonce", "train.max_step=3"])  # key errors still fail at once
+
+
+def test_masked_pretraining_on_a_synthetic_set_needs_that_set_rendered(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data: {synthetic: {sets: [train, ssv2]}}\ntrain: {task: mae}\nmae: {dataset: ssv2}\n")
+    assert load_config(path).mae.dataset == "ssv2"
+    with pytest.raises(ConfigError, match=r"data.synthetic.sets: masked pretraining on mae.dataset=ssv2"):
+        load_config(path, ["data.synthetic.sets=[train, msrvtt]"])
+    assert load_config(path, ["data.synthetic.sets=[train]", "mae.dataset=shards"]).mae.dataset == "shards"
