@@ -31,6 +31,7 @@ from mmpt_lite.config import (
     ConfigError,
     RunConfig,
     dump_config,
+    load_config,
     resolve_path,
     save_config,
     stage_config,
@@ -247,7 +248,6 @@ def run_pipeline(cfg: RunConfig, overrides: list[str], *, jobtype: str, dryrun: 
         status = run_stage(stage_cfg, jobtype, False)
         if not prepared_once:
             prepared_once = True
-            from mmpt_lite.config import load_config
             saved = stage_dir / "config.yaml"
             if saved.is_file():
                 print(f"stage {name}: inputs: {_inputs_note(load_config(saved), corpus_existed, started)}", flush=True)
