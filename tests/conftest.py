@@ -26,3 +26,14 @@ def make_video(path, colour="red", seconds=2.0, fps=10, size="80x60", codec="lib
                     "drawbox=x=t*10:y=5:w=10:h=10:color=white:t=fill", "-c:v", codec, "-pix_fmt", "yuv420p",
                     str(path)], check=True)
     return path
+
+
+def launch_tiny(overrides, *, jobtype="local_single", popen=False, dryrun=False):
+    """``locallaunch.py projects/debug_tiny.yaml`` with ``--set`` overrides, one thread per process."""
+    cmd = [sys.executable, "locallaunch.py", "projects/debug_tiny.yaml", "--jobtype", jobtype, *(["--dryrun"] * dryrun)]
+    for o in overrides:
+        cmd += ["--set", o]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if popen:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -2,16 +2,14 @@
 init_from link, skipping finished stages, exact resume after SIGKILL in the second stage, and load-time errors."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import launch_tiny as launch
 from safetensors.torch import load_file
 
 from mmpt_lite.checkpoint import latest_checkpoint, list_checkpoints
@@ -19,16 +17,6 @@ from mmpt_lite.config import ConfigError, load_config, stage_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRASTIVE_STEPS = 16  # long enough for a kill to land inside the stage (tens of ms a step)
-
-
-def launch(overrides, *, jobtype="local_single", popen=False, dryrun=False):
-    cmd = [sys.executable, "locallaunch.py", "projects/debug_tiny.yaml", "--jobtype", jobtype, *(["--dryrun"] * dryrun)]
-    for o in overrides:
-        cmd += ["--set", o]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    if popen:
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 def staged(data_root, out, order="[masked,contrastive,report]"):

@@ -2,16 +2,14 @@
 the non-finite guard, and the warmup + cosine schedule."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import launch_tiny
 from safetensors.torch import load_file
 
 from mmpt_lite.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
@@ -33,13 +31,7 @@ def corpus(tmp_path_factory):
 
 
 def run_launch(jobtype, overrides, *, popen=False):
-    cmd = [sys.executable, "locallaunch.py", "projects/debug_tiny.yaml", "--jobtype", jobtype]
-    for o in overrides:
-        cmd += ["--set", o]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    if popen:
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return launch_tiny(overrides, jobtype=jobtype, popen=popen)
 
 
 def test_first_line_names_data_and_preset(corpus, tmp_path):
