@@ -216,7 +216,7 @@ class TrainConfig:
     keep_last: int = 3
     resume: str = "auto"  # auto | none | path to a checkpoint folder
     max_nonfinite: int = 5  # stop after this many non-finite losses in a row
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 on GPU, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 where native: GPU, AVX512-BF16/AMX CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
     peak_tflops: float = 0.0  # for MFU; 0 = look the GPU name up (bf16 dense peak)
 

@@ -43,15 +43,22 @@ def local_gpu_count() -> int:
         return 0
 
 
+def local_ranks(cfg: RunConfig, jobtype: str) -> int:
+    """How many processes a local job type starts."""
+    if jobtype == "local_single":
+        return 1
+    if jobtype == "local_small":
+        return cfg.launch.nproc_local_small
+    if jobtype == "local_big":
+        return local_gpu_count() or cfg.launch.nproc_local_big
+    raise ValueError(f"--jobtype {jobtype}: not a local job type (valid: {', '.join(JOB_TYPES)})")
+
+
 def build_command(cfg: RunConfig, jobtype: str, config_path: Path) -> list[str]:
     """The process command for a local job type (slurm uses :func:`render_sbatch`)."""
     if jobtype == "local_single":
         return [sys.executable, "-m", TRAIN_MODULE, str(config_path)]
-    if jobtype == "local_small":
-        return _torchrun(cfg.launch.nproc_local_small, config_path)
-    if jobtype == "local_big":
-        return _torchrun(local_gpu_count() or cfg.launch.nproc_local_big, config_path)
-    raise ValueError(f"--jobtype {jobtype}: not a local job type (valid: {', '.join(JOB_TYPES)})")
+    return _torchrun(local_ranks(cfg, jobtype), config_path)
 
 
 def render_sbatch(cfg: RunConfig, config_path: Path, workdir: Path) -> str:
@@ -134,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                   "slurm submits one run: --set stages.order=[] (and a stage's settings) per job", file=sys.stderr)
             return 2
         from mmpt_lite.pipeline import run_pipeline
-        return run_pipeline(cfg, overrides, jobtype=args.jobtype, dryrun=args.dryrun, run_stage=launch_run)
+        return run_pipeline(cfg, overrides, jobtype=args.jobtype, dryrun=args.dryrun, run_stage=launch_run,
+                            ranks=local_ranks(cfg, args.jobtype))
     return launch_run(cfg, args.jobtype, args.dryrun)
 
 

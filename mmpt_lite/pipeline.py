@@ -191,8 +191,25 @@ def _finite(value):
 
 
 # --------------------------------------------------------------------------- the pipeline
-def run_pipeline(cfg: RunConfig, overrides: list[str], *, jobtype: str, dryrun: bool, run_stage: StageRunner) -> int:
-    """Run ``cfg.stages.order``; returns 0 or the first failing stage's exit status (2: a config error)."""
+def print_estimate(stages: list[tuple[str, RunConfig]], ranks: int) -> float | None:
+    """Print the expected time of the stages still to run (``mmpt_lite.estimate``); None on a GPU machine,
+    where the CPU cost model does not apply."""
+    import torch
+
+    from mmpt_lite import estimate
+    if torch.cuda.is_available():
+        return None
+    todo = [(name, cfg) for name, cfg in stages
+            if name == "report" or finished(resolve_path(cfg.train.output_dir)) is None]
+    phases, gflops = estimate.estimate(todo, ranks)
+    print(estimate.describe(phases, gflops), flush=True)
+    return sum(p.seconds for p in phases)
+
+
+def run_pipeline(cfg: RunConfig, overrides: list[str], *, jobtype: str, dryrun: bool, run_stage: StageRunner,
+                 ranks: int = 1) -> int:
+    """Run ``cfg.stages.order``; returns 0 or the first failing stage's exit status (2: a config error).
+    ``ranks``: processes per training stage (for the expected-time line)."""
     try:
         stages = plan(cfg, overrides)
     except ConfigError as exc:
@@ -201,7 +218,9 @@ def run_pipeline(cfg: RunConfig, overrides: list[str], *, jobtype: str, dryrun: 
     root = resolve_path(cfg.train.output_dir)
     names = [name for name, _ in stages]
     print(f"mmpt_lite pipeline: stages {' -> '.join(names)} in {root}", flush=True)
+    expected = None
     if not dryrun:
+        expected = print_estimate(stages, ranks)
         save_config(cfg, root / "config.yaml")
     started, corpus_existed, prepared_once = time.time(), resolve_path(cfg.data.root).is_dir(), False
     last_trained: tuple[str, Path] | None = None
@@ -260,4 +279,8 @@ def run_pipeline(cfg: RunConfig, overrides: list[str], *, jobtype: str, dryrun: 
             return 1
         mark_finished(stage_dir, name, stage_cfg, **last)
         print(f"stage {name}: finished at step {last.get('step')}", flush=True)
+    if not dryrun:
+        took = time.time() - started
+        print(f"mmpt_lite pipeline: done in {took / 60:.1f} min"
+              + (f" (expected {expected / 60:.1f} min)" if expected else ""), flush=True)
     return 0

@@ -43,6 +43,12 @@ def final_weights(run_dir):
 def test_staged_run_folders_init_link_and_report(reference):
     data, out, r = reference
     assert "stages masked -> contrastive -> report" in r.stdout
+    # The expected time comes first and prices what this run has to do: here everything.
+    expected = next(line for line in r.stdout.splitlines() if line.startswith("expected time on this machine"))
+    assert r.stdout.index(expected) < r.stdout.index("stage 1/3: masked")
+    for phase in ("corpus", "shards", "masked", "contrastive", "report"):
+        assert f" {phase} " in expected
+    assert "mmpt_lite pipeline: done in " in r.stdout and "(expected " in r.stdout
     assert f"corpus {data}: generated; shards" in r.stdout and ": built" in r.stdout
     for stage, task, steps in (("masked", "mae", 3), ("contrastive", "milnce", CONTRASTIVE_STEPS)):
         saved = load_config(out / stage / "config.yaml")
@@ -74,6 +80,8 @@ def test_rerun_skips_finished_stages(reference):
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     for stage in ("masked", "contrastive", "report"):
         assert f"stage {stage}: skipped" in r.stdout
+    expected = next(line for line in r.stdout.splitlines() if line.startswith("expected time on this machine"))
+    assert "[report " in expected and "masked" not in expected and "corpus" not in expected
     assert before == {stage: [p.name for p in list_checkpoints(out / stage)] for stage in ("masked", "contrastive")}
     assert "train:" not in r.stderr  # nothing trained
     assert (out / "report" / "report.txt").read_text() in r.stdout

@@ -87,11 +87,15 @@ def ensure_shards(cfg: RunConfig, csv_path: Path, video_root: Path, shard_root: 
     return shard_root
 
 
+def shard_folder(cfg: RunConfig, root: Path) -> Path:
+    """``data.shard_root``, or by default a folder beside the corpus named by frame rate and stored size."""
+    return (resolve_path(cfg.data.shard_root) if cfg.data.shard_root
+            else root / f"shards_fps{cfg.data.fps:g}_s{storage_short_side(cfg.data.video_size)}")
+
+
 def ensure_corpus_shards(cfg: RunConfig, root: Path, build: bool) -> Path:
-    """The corpus (:func:`ensure_corpus`) and its frame shards, ``data.shard_root`` or by default beside the corpus;
-    returns the shard folder."""
-    shard_root = (resolve_path(cfg.data.shard_root) if cfg.data.shard_root
-                  else root / f"shards_fps{cfg.data.fps:g}_s{storage_short_side(cfg.data.video_size)}")
+    """The corpus (:func:`ensure_corpus`) and its frame shards (:func:`shard_folder`); returns the shard folder."""
+    shard_root = shard_folder(cfg, root)
     ensure_corpus(cfg, root, build)
     video_root = resolve_path(cfg.data.video_root) if cfg.data.video_root else root
     caption_root = root / cfg.data.caption_root if not os.path.isabs(cfg.data.caption_root) else Path(

@@ -42,6 +42,7 @@ from mmpt_lite.config import RunConfig, resolve_path
 from mmpt_lite.data.batch import collate
 from mmpt_lite.data.loader import epoch_plan
 from mmpt_lite.models.preprocess import VideoInput
+from mmpt_lite.precision import use_bf16
 from mmpt_lite.retrieval.index import NeighbourIndex
 from mmpt_lite.retrieval.plan import build_mined_plan, mean_batch_similarity
 
@@ -115,7 +116,7 @@ class RetrievalPlanProvider:
     def __init__(self, cfg: RunConfig, model: torch.nn.Module, dataset, device: torch.device):
         self.cfg, self.model, self.dataset, self.device = cfg, model, dataset, torch.device(device)
         self.retri = cfg.retri
-        self.use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and self.device.type == "cuda")
+        self.use_bf16 = use_bf16(cfg.train.precision, self.device)
         self.embeddings: np.ndarray | None = None  # rank 0: the last finite corpus embeddings
         self.have_embeddings = False  # every rank: whether rank 0 holds them (keeps the collectives in step)
         self.log_path = resolve_path(cfg.train.output_dir) / "retri.jsonl"

@@ -1,6 +1,6 @@
 """The training loop: train_step, maybe_checkpoint, maybe_eval.
 
-Parallelism (DDP) and precision (bf16 autocast on GPU) live here, not in model code. A step:
+Parallelism (DDP) and precision (bf16 autocast, ``mmpt_lite.precision``) live here, not in model code. A step:
 accumulate ``accum_steps`` micro-batches, agree across ranks that every loss is finite, clip, check
 the gradient norm is finite, then step the optimizer and the per-step schedule. A non-finite loss or
 gradient skips the step (counted); ``max_nonfinite`` in a row stops the run before any NaN weights
@@ -24,6 +24,7 @@ from mmpt_lite import distributed as mdist
 from mmpt_lite.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmpt_lite.config import RunConfig
 from mmpt_lite.data.loader import TrainLoader
+from mmpt_lite.precision import use_bf16
 from mmpt_lite.train.logging import MetricLogger
 from mmpt_lite.train.optim import build_optimizer, build_scheduler
 from mmpt_lite.train.tasks.base import Task
@@ -72,8 +73,8 @@ class Trainer:
             self.total_steps = cfg.train.max_steps
         self.optimizer = build_optimizer(cfg.optim, [self.model, *task.modules()], fused=device.type == "cuda")
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
-        use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
-        self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+        bf16 = use_bf16(cfg.train.precision, device)
+        self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         self.flops_per_video = flops_per_video
         self.peak_flops = peak_flops_per_s(device, cfg.train.peak_tflops) if flops_per_video else 0.0
         self.step = 0

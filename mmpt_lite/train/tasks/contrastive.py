@@ -42,8 +42,10 @@ class ContrastiveTask(Task):
             extra = {"negative_embedding": text_embedding[b * num_candidates:].view(b, -1, text_embedding.shape[-1]),
                      "negative_mask": batch.negative_mask}
             text_embedding = text_embedding[:b * num_candidates]
-        result = self.loss_fn(video_embedding=out["video_embedding"].float(), text_embedding=text_embedding,
-                              num_candidates=num_candidates, **extra)
+        # The loss in fp32 also under bf16 autocast: MIL-NCE's logits (~10-50) would keep 2-3 significant digits.
+        with torch.autocast(self.device.type, enabled=False):
+            result = self.loss_fn(video_embedding=out["video_embedding"].float(), text_embedding=text_embedding,
+                                  num_candidates=num_candidates, **extra)
         return {**result, "batch_size": video.shape[0]}
 
     def modules(self) -> list[torch.nn.Module]:
