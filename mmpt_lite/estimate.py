@@ -22,7 +22,6 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 

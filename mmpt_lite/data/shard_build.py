@@ -28,7 +28,6 @@ from pathlib import Path
 import av
 import numpy as np
 import simplejpeg
-from tqdm import tqdm
 
 from mmpt_lite.data.decoders import get_decoder
 from mmpt_lite.data.howto import CaptionError, CorpusItem, Skip, read_caption_file, read_video_list
@@ -43,6 +42,7 @@ from mmpt_lite.data.shards import (
 )
 from mmpt_lite.data.video import SpatialTransform, VideoDecodeError, iter_clip_frames, probe_video, read_all_frames
 from mmpt_lite.fileio import file_sha256
+from mmpt_lite.progress import progress_bar
 
 # Skip kinds that remove a listed video from the output (the others are informational).
 DROPPED_VIDEO_KINDS = ("video", "captions")
@@ -370,7 +370,7 @@ def _run_tasks(out: Path, manifest: dict, todo: list[_ShardTask], workers: int, 
     pool = mp.get_context().Pool(workers) if workers > 1 and len(items) > 1 else None
     try:
         results = pool.imap_unordered(_process_item, items) if pool else map(_process_item, items)
-        for row in tqdm(results, total=len(items), unit="video", disable=not progress):
+        for row in progress_bar(results, total=len(items), desc="shards", unit="video", disable=not progress):
             done = rows[row["shard"]]
             done.append(row)
             shard = shards[row["shard"]]

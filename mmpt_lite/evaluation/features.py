@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from mmpt_lite.data.video import SpatialTransform, probe_video, read_all_frames, read_clip
 from mmpt_lite.evaluation.windows import (
@@ -25,6 +24,7 @@ from mmpt_lite.evaluation.windows import (
     retrieval_window_starts,
 )
 from mmpt_lite.models.preprocess import VideoInput
+from mmpt_lite.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def extract_window_features(model: torch.nn.Module, requests: Sequence[VideoRequ
     features: np.ndarray | None = None
     readable = np.zeros(len(requests), dtype=bool)
     errors: dict[str, str] = {}
-    with tqdm(total=len(requests), desc=desc, unit="video", disable=not progress, leave=False) as bar:
+    with progress_bar(total=len(requests), desc=desc, unit="video", disable=not progress, leave=False) as bar:
         for indices, windows, batch_errors in loader:
             for i, message in batch_errors.items():
                 errors[requests[i].name] = message

@@ -43,6 +43,7 @@ from mmpt_lite.data.batch import collate
 from mmpt_lite.data.loader import epoch_plan
 from mmpt_lite.models.preprocess import VideoInput
 from mmpt_lite.precision import use_bf16
+from mmpt_lite.progress import progress_bar
 from mmpt_lite.retrieval.index import NeighbourIndex
 from mmpt_lite.retrieval.plan import build_mined_plan, mean_batch_similarity
 
@@ -80,7 +81,9 @@ def embed_videos(model: torch.nn.Module, dataset, videos: range, *, epoch: int, 
     # Row of each item's video in the result; the loader keeps the item order, so batch b is items[b·B:(b+1)·B].
     rows = torch.tensor([v - videos.start for v, _ in items])
     sums: torch.Tensor | None = None
-    for step, batch in enumerate(loader):
+    batches = progress_bar(loader, desc=f"retri epoch {epoch}: embedding", unit="batch", leave=False,
+                           disable=mdist.get_rank() != 0)
+    for step, batch in enumerate(batches):
         batch = batch.to(device)
         video = video_input(batch.video)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
+from mmpt_lite.progress import progress_bar
 
 log = logging.getLogger("mmpt_lite")
 
@@ -38,9 +38,9 @@ class MetricLogger:
             self.tb = SummaryWriter(str(out_dir / "tb"))
         except ImportError:  # tensorboard is a dependency; tolerate a trimmed install
             log.warning("tensorboard not installed: TensorBoard logging disabled")
-        # Redirected to a file, a bar redrawn every second buries the log lines: redraw every 30 s there.
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
-                        mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+        # Redirected to a file, a bar redrawn every second would bury the log lines: a line every 30 s there.
+        self.bar = progress_bar(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
+                                file_interval_s=30.0)
 
     def log(self, step: int, metrics: dict[str, float], *, kind: str = "train") -> None:
         if not self.enabled:
