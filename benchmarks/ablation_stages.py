@@ -2,8 +2,8 @@
 """What each stage of the main job buys: {random init, masked-pretraining init} x {random, mined batches},
 at equal training wall time, over seeds.
 
-Every arm is the main job's pipeline (``projects/how2_pretrain.yaml``, ``--jobtype local_small``) with
-stage overrides; the corpus and shards are shared. The time budget ``--budget_s`` is split by the rates
+Every arm is the main job's pipeline (``projects/how2_pretrain.yaml``, ``--jobtype local_small`` unless
+``--jobtype`` says otherwise) with stage overrides; the corpus and shards are shared. The time budget ``--budget_s`` is split by the rates
 measured on this machine (``--masked_steps_per_s``, ``--contrastive_steps_per_s``, ``--mining_pass_s``):
 
   mae + mined     masked for ``--masked_share`` of the budget, then MIL-NCE on mined batches (the recipe)
@@ -16,7 +16,16 @@ equal-time premise is checked, not assumed. Then the trained model is evaluated 
 YouCook2-format zero-shot retrieval, HMDB-format linear probe; the run's own protocol). Results go to
 ``<out>/ablation.json`` and a markdown table on stdout.
 
-  python benchmarks/ablation_stages.py --budget_s 300 --seeds 0 1 --out runs/ablation
+  python benchmarks/ablation_stages.py --budget_s 300 --masked_share 0.25 --masked_steps_per_s 1.95 \
+      --contrastive_steps_per_s 1.54 --mining_pass_s 23 --set stages.contrastive.retri.start_epoch=1
+
+The rates are the ones a short run of each stage logs on the machine (``videos_per_s`` / global batch; a
+mining pass's ``embed_s`` in ``retri.jsonl``). On GPUs, at scale (real HowTo100M shards, ViT-B/16):
+
+  python benchmarks/ablation_stages.py --jobtype local_big --budget_s 14400 --masked_share 0.25 \
+      --set data.root=/data/howto100m --set data.synthetic.enabled=false --set data.shard_root=/data/how2_shards \
+      --set model.video.preset=vit_b --set data.video_size=224 --set data.num_frames=16 \
+      --num_videos 1200000 --masked_steps_per_s ... --contrastive_steps_per_s ... --mining_pass_s ...
 """
 
 from __future__ import annotations
@@ -36,16 +45,18 @@ from pathlib import Path
 from mmpt_lite.config import load_config, resolve_path, stage_config
 from mmpt_lite.estimate import embedding_epochs
 from mmpt_lite.evaluation import cli
+from mmpt_lite.launch import local_ranks
 
 ARMS = (("mae", "mined"), ("mae", "random"), ("random", "mined"), ("random", "random"))
 
 
-def contrastive_steps(seconds: float, mined: bool, rate: float, pass_s: float, cfg, world: int) -> int:
-    """The most MIL-NCE steps (rate steps/s, plus ``pass_s`` per mining embedding pass) that fit in ``seconds``."""
+def contrastive_steps(seconds: float, mined: bool, rate: float, pass_s: float, cfg, world: int, videos: int) -> int:
+    """The most MIL-NCE steps (rate steps/s, plus ``pass_s`` per mining embedding pass over ``videos``) that
+    fit in ``seconds``."""
     steps = max(1, int(seconds * rate))
     if not mined:
         return steps
-    per_epoch = math.ceil(cfg.data.synthetic.train_videos / (cfg.data.batch_size * world))
+    per_epoch = math.ceil(videos / (cfg.data.batch_size * world))
     while steps > 1:
         cfg.train.max_steps = steps
         if steps / rate + embedding_epochs(cfg, per_epoch) * pass_s <= seconds:
@@ -79,13 +90,15 @@ def main() -> None:
     p.add_argument("--masked_steps_per_s", type=float, required=True)
     p.add_argument("--contrastive_steps_per_s", type=float, required=True)
     p.add_argument("--mining_pass_s", type=float, required=True, help="seconds per corpus embedding pass")
+    p.add_argument("--num_videos", type=int, default=0, help="training videos (default: the synthetic corpus's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--arms", nargs="+", default=[f"{i}+{b}" for i, b in ARMS])
     p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--jobtype", default="local_small", choices=["local_single", "local_small", "local_big"])
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra --set for every arm")
     args = p.parse_args()
     base = load_config(args.config, args.overrides)
-    world = base.launch.nproc_local_small
+    world = local_ranks(base, args.jobtype)
     out_root = resolve_path(args.out)
     out_root.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -95,7 +108,7 @@ def main() -> None:
         left = args.budget_s - masked_steps / args.masked_steps_per_s
         stage = stage_config(base, "contrastive", [*args.overrides, "retri.enabled=true"])
         steps = contrastive_steps(left, batches == "mined", args.contrastive_steps_per_s, args.mining_pass_s,
-                                  stage, world)
+                                  stage, world, args.num_videos or base.data.synthetic.train_videos)
         for seed in args.seeds:
             run = out_root / f"{init}-init_{batches}-batches_seed{seed}"
             order = "[masked,contrastive]" if init == "mae" else "[contrastive]"
@@ -104,7 +117,7 @@ def main() -> None:
                     f"stages.contrastive.retri.enabled={'true' if batches == 'mined' else 'false'}"]
             if masked_steps:
                 sets.append(f"stages.masked.train.max_steps={masked_steps}")
-            cmd = [sys.executable, "locallaunch.py", args.config, "--jobtype", "local_small"]
+            cmd = [sys.executable, "locallaunch.py", args.config, "--jobtype", args.jobtype]
             for s in sets:
                 cmd += ["--set", s]
             print(f"{arm} seed {seed}: masked {masked_steps} + contrastive {steps} steps", flush=True)
