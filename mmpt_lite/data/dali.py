@@ -30,10 +30,8 @@ from torch.utils.data import Dataset
 from mmpt_lite.config import ConfigError
 from mmpt_lite.data.aligners import CropChoice
 from mmpt_lite.data.batch import ClipBatch, collate
+from mmpt_lite.data.decoders.dali import DALI_REQUIREMENT
 from mmpt_lite.data.loader import MilNceClipDataset, TrainLoader
-
-# The release the loader and its tests were checked with (setup.py's gpu and dev extras pin the same).
-DALI_REQUIREMENT = "nvidia-dali-cuda120==2.4.0"
 
 
 def import_dali():
