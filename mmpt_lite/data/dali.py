@@ -96,10 +96,11 @@ def _build_crop_pipeline(*, max_images: int, num_threads: int, device: torch.dev
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = device.type == "cuda"
+    device_id = (device.index if device.index is not None else torch.cuda.current_device()) if gpu else None
+
     # Synchronous execution: the loader feeds one batch and reads it back before feeding the next, and the
     # DataLoader workers already run ahead of the trainer.
-    @pipeline_def(batch_size=max_images, num_threads=num_threads,
-                  device_id=(device.index if device.index is not None else torch.cuda.current_device()) if gpu else None,
+    @pipeline_def(batch_size=max_images, num_threads=num_threads, device_id=device_id,
                   prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
     def crop_pipeline():
         jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, ndim=1)

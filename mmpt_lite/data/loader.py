@@ -318,5 +318,5 @@ class _PositionTagged(Dataset):
 
 
 def _collate_tagged(collate_fn: Callable[[list], object],
-                    samples: list[tuple[dict, tuple[int, int]]]) -> tuple[ClipBatch, tuple[int, int]]:
+                    samples: list[tuple[dict, tuple[int, int]]]) -> tuple[object, tuple[int, int]]:
     return collate_fn([sample for sample, _ in samples]), samples[0][1]

@@ -188,7 +188,8 @@ class ShardedVideoStore(_ShardIndex):
         first, stop = self._range(pos, "video_starts", i)
         indices = np.asarray(indices, np.int64)
         if len(indices) and (indices.min() < 0 or indices.max() >= stop - first):
-            raise IndexError(f"video {video_id!r} has {stop - first} frames; asked for {indices.min()}..{indices.max()}")
+            raise IndexError(f"video {video_id!r} has {stop - first} frames; asked for frames "
+                             f"{indices.min()}..{indices.max()}")
         offsets, data = self._handle(pos, "byte_offsets"), self._handle(pos, "data")
         return [data[int(offsets[first + j]):int(offsets[first + j + 1])] for j in indices.tolist()]
 

@@ -15,6 +15,7 @@ import os
 import av
 import numpy as np
 import torch
+import torch.utils.data
 
 from mmpt_lite.data.decoders.base import (
     ClipRequest,
@@ -31,13 +32,15 @@ log = logging.getLogger("mmpt_lite")
 DALI_REQUIREMENT = "nvidia-dali-cuda120==2.4.0"
 
 CPU_CODECS = frozenset({"vp9"})
-GPU_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4"})
+GPU_CODECS = frozenset({"h264", "hevc", "vp9", "av1"})   # NVDEC's, as DALI documents them
 _fallback_logged: set[str] = set()
 _pipelines: dict[tuple[int, bool, int], object] = {}   # (process, gpu, threads) -> built pipeline
 
 
 def _use_gpu() -> bool:
-    return torch.cuda.is_available()
+    """NVDEC when CUDA is available, except in DataLoader workers: forked after the parent started CUDA, they
+    cannot start it themselves, so DALI decodes on their CPU there."""
+    return torch.cuda.is_available() and torch.utils.data.get_worker_info() is None
 
 
 def handles(source) -> bool:
