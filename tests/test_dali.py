@@ -5,6 +5,7 @@ ffmpeg test-pattern videos sharded as JPEG frames (the default storage), read th
 """
 
 import importlib.util
+import json
 import logging
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from conftest import launch_tiny
 
 from mmpt_lite.config import ConfigError, config_from_dict
 from mmpt_lite.data.action_negatives import ActionLexicon
@@ -54,6 +57,7 @@ def shard_root(tmp_path_factory):
         (root / "captions" / f"v{i}.csv").write_text(CAPTIONS)
         names.append(f"v{i}.mp4")
     (root / "train.csv").write_text("video_path\n" + "".join(n + "\n" for n in names))
+    (root / "actions.tsv").write_text("cut\tchop the {}\nstir\tstir the {}\npour\tpour the {}\n")   # for a run
     out = root / "shards"
     build_video_shards(root / "train.csv", root / "videos", out, caption_root=root / "captions", fps=5.0,
                        short_side=48, progress=False)
@@ -129,6 +133,22 @@ def test_dali_loader_resumes_exactly(shard_root):
     part2 = batches(resumed, 1)
     for a, b in zip(part1 + part2, full, strict=True):
         assert_same_batch(a, b, tolerance=0)
+
+
+def test_training_run_with_dali_matches_the_pytorch_loader(shard_root, tmp_path):
+    """``locallaunch.py`` with ``data.loader=dali`` (the trainer's hook): the same losses and gradient norms, step
+    by step, as the same run with the PyTorch loader (same batches, fp32 on the CPU)."""
+    corpus = shard_root.parent
+    common = [f"data.root={corpus}", "data.synthetic.enabled=false", f"data.video_root={corpus / 'videos'}",
+              f"data.shard_root={shard_root}", "data.random_flip=true", "train.max_steps=3"]
+    metrics = {}
+    for loader in ("pytorch", "dali"):
+        out = tmp_path / loader
+        result = launch_tiny([*common, f"data.loader={loader}", f"train.output_dir={out}"])
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        metrics[loader] = [(r["step"], r["loss"], r["grad_norm"]) for r in records]
+    assert len(metrics["dali"]) == 3 and metrics["dali"] == metrics["pytorch"]
 
 
 def test_without_dali_the_error_is_one_line_naming_the_key(shard_root):
