@@ -87,8 +87,10 @@ def _pipeline(gpu: bool, threads: int):
     if key not in _pipelines:
         from nvidia.dali import fn, pipeline_def, types
 
-        @pipeline_def(batch_size=1, num_threads=max(1, threads), device_id=torch.cuda.current_device() if gpu else None,
-                      prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+        device_id = torch.cuda.current_device() if gpu else None
+
+        @pipeline_def(batch_size=1, num_threads=max(1, threads), device_id=device_id, prefetch_queue_depth=1,
+                      exec_async=False, exec_pipelined=False)
         def video_pipeline():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
