@@ -14,8 +14,6 @@ import os
 
 import av
 import numpy as np
-import torch
-import torch.utils.data
 
 from mmpt_lite.data.decoders.base import (
     ClipRequest,
@@ -40,6 +38,9 @@ _pipelines: dict[tuple[int, bool, int], object] = {}   # (process, gpu, threads)
 def _use_gpu() -> bool:
     """NVDEC when CUDA is available, except in DataLoader workers: forked after the parent started CUDA, they
     cannot start it themselves, so DALI decodes on their CPU there."""
+    import torch  # here, not at the top: the other backends (and the shard builder) do without torch
+    import torch.utils.data
+
     return torch.cuda.is_available() and torch.utils.data.get_worker_info() is None
 
 
@@ -85,6 +86,7 @@ def frame_intervals(path: str) -> tuple[np.ndarray, np.ndarray]:
 def _pipeline(gpu: bool, threads: int):
     key = (os.getpid(), gpu, threads)
     if key not in _pipelines:
+        import torch
         from nvidia.dali import fn, pipeline_def, types
 
         device_id = torch.cuda.current_device() if gpu else None
