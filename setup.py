@@ -63,9 +63,14 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
 ]
 
+# data.loader: dali / data.decoder: dali. The CUDA 12 wheel also runs DALI's CPU pipelines (how CI tests it);
+# the version is the one mmpt_lite.data.decoders.dali.DALI_REQUIREMENT names.
+DALI = "nvidia-dali-cuda120==2.4.0"
+
 EXTRAS = {
     "decoders": ["decord==0.6.0", "torchcodec==0.13.0"],
-    "dev": ["pytest==9.0.3", "ruff==0.17.6", "hypothesis", "scikit-video==1.1.11"],
+    "dev": ["pytest==9.0.3", "ruff==0.17.6", "hypothesis", "scikit-video==1.1.11", DALI],
+    "gpu": [DALI],
 }
 
 setup(

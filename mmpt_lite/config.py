@@ -120,7 +120,10 @@ class DataConfig:
     action_negatives: ActionNegativesConfig = field(default_factory=ActionNegativesConfig)
     num_workers: int = 2
     # Video decoder (mmpt_lite.data.decoders) for shard building and evaluation; they select the same frames.
-    decoder: Literal["pyav", "ffmpeg", "decord", "torchcodec"] = "pyav"
+    decoder: Literal["pyav", "ffmpeg", "decord", "torchcodec", "dali"] = "pyav"
+    # Who decodes the training shards' JPEG frames: the DataLoader workers ("pytorch") or NVIDIA DALI ("dali":
+    # nvJPEG on a GPU, its CPU decoder otherwise; the gpu extra). Same batches either way (mmpt_lite.data.dali).
+    loader: Literal["pytorch", "dali"] = "pytorch"
 
 
 @dataclass(kw_only=True)
@@ -314,6 +317,9 @@ class RunConfig:
                 and video_set not in synthetic.sets):
             raise ConfigConflict(f"data.synthetic.sets: masked pretraining on mae.dataset={video_set} reads the "
                                  f"synthetic corpus's {video_set} set; add it to {synthetic.sets}")
+        if self.data.loader == "dali" and self.train.task != "milnce":
+            raise ConfigConflict(f"data.loader: 'dali' reads MIL-NCE clips (train.task milnce), not train.task "
+                                 f"{self.train.task!r}; use data.loader=pytorch")
 
 
 # --------------------------------------------------------------------------- validation

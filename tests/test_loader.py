@@ -18,6 +18,9 @@ class ArrayVideoStore:
     def num_frames(self, vid):
         return self.frames
 
+    def frame_size(self, vid):
+        return self.size, self.size
+
     def read_frames(self, vid, start, count):
         v = int(vid[1:])
         stop = min(self.frames, start + count)

@@ -14,6 +14,7 @@ depends only on its place in the plan, never on worker scheduling, and a resume 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmpt_lite.config import DataConfig
 from mmpt_lite.data.action_negatives import ActionLexicon, load_lexicon
-from mmpt_lite.data.aligners import apply_crop, milnce_sample, random_crop
+from mmpt_lite.data.aligners import CropChoice, apply_crop, milnce_sample, random_crop
 from mmpt_lite.data.batch import ClipBatch, collate
 
 
@@ -80,6 +81,19 @@ class PlanBatchSampler:
             yield [(int(v), slot_seed(self.seed, self.epoch, step, self.rank, j)) for j, v in enumerate(row)]
 
 
+@dataclass(frozen=True)
+class ClipFrames:
+    """Which stored frames make one clip and how they are cut.
+
+    indices: int64 [T'] stored-frame indices of the clip's frames in order (repeats allowed; T' = 0 for a video
+    without frames); crop: the box (in stored pixels) and flip every frame gets.
+    """
+
+    video_id: str
+    indices: np.ndarray
+    crop: CropChoice
+
+
 class MilNceClipDataset(Dataset):
     """One MIL-NCE sample per (sample index, seed): uint8 frames and K caption candidates.
 
@@ -128,7 +142,11 @@ class MilNceClipDataset(Dataset):
         times = clip_start + np.arange(self.num_frames) / self.fps
         return np.minimum(np.floor(times * self.videos.fps + 1e-6).astype(np.int64), max(0, total - 1))
 
-    def __getitem__(self, item: tuple[int, int]) -> dict:
+    def plan_sample(self, item: tuple[int, int]) -> tuple[dict, ClipFrames]:
+        """Everything of a sample but its pixels: the sample dict without "video", and which stored frames and
+        crop make its clip. All randomness is drawn here from the sample's seed, in one fixed order (clip and
+        captions, crop and flip, negatives), so any reader of the frames (``read_clip`` here, the DALI loader in
+        :mod:`mmpt_lite.data.dali`) gives the same sample."""
         sample, seed = item
         index, part = divmod(sample, self.clips_per_video)
         rng = np.random.default_rng(seed)
@@ -139,14 +157,10 @@ class MilNceClipDataset(Dataset):
         choice = milnce_sample(starts, ends, rng, num_candidates=self.num_candidates, min_time=self.min_time,
                                clip_seconds=self.num_frames / self.fps, duration=duration, part=part,
                                parts=self.clips_per_video)
-        idx = self.frame_indices(choice.clip_start, total)
-        first = int(idx[0])
-        frames = self.videos.read_frames(vid, first, int(idx[-1]) - first + 1)
-        frames = frames[np.minimum(idx - first, len(frames) - 1)] if len(frames) else frames
-        crop = random_crop(frames.shape[1], frames.shape[2], self.size, rng, flip=self.random_flip)
-        clip = np.zeros((self.num_frames, self.size, self.size, 3), np.uint8)  # zero-pad short clips
-        cropped = apply_crop(frames, crop)
-        clip[:len(cropped), :cropped.shape[1], :cropped.shape[2]] = cropped
+        idx = self.frame_indices(choice.clip_start, total) if total else np.zeros(0, np.int64)
+        height, width = self.videos.frame_size(vid)
+        crop = random_crop(height, width, self.size, rng, flip=self.random_flip)
+        frames = ClipFrames(vid, idx, crop)
         captions = [texts[i] for i in choice.caption_ids]
         if self.num_negatives:
             pool = None
@@ -157,11 +171,30 @@ class MilNceClipDataset(Dataset):
             negatives = self.action_lexicon.negatives(captions, rng, self.num_negatives, pool=pool)
             text = self.tokenize(captions + [n if n is not None else captions[0] for n in negatives])
             k = len(captions)
-            return {"video": torch.from_numpy(clip), "text": {name: v[:k] for name, v in text.items()},
-                    "video_index": torch.tensor(index),
+            return {"text": {name: v[:k] for name, v in text.items()}, "video_index": torch.tensor(index),
                     "negative_text": {name: v[k:] for name, v in text.items()},
-                    "negative_mask": torch.tensor([n is not None for n in negatives])}
-        return {"video": torch.from_numpy(clip), "text": self.tokenize(captions), "video_index": torch.tensor(index)}
+                    "negative_mask": torch.tensor([n is not None for n in negatives])}, frames
+        return {"text": self.tokenize(captions), "video_index": torch.tensor(index)}, frames
+
+    def read_clip(self, frames: ClipFrames) -> np.ndarray:
+        """The planned clip, uint8 [T, S, S, 3]: stored frames decoded, cropped, flipped; zeros where the
+        video or the frame is short of T frames or S pixels."""
+        clip = np.zeros((self.num_frames, self.size, self.size, 3), np.uint8)
+        idx = frames.indices
+        if not len(idx):
+            return clip
+        first = int(idx[0])
+        decoded = self.videos.read_frames(frames.video_id, first, int(idx[-1]) - first + 1)
+        if not len(decoded):
+            return clip
+        cropped = apply_crop(decoded[np.minimum(idx - first, len(decoded) - 1)], frames.crop)
+        clip[:len(cropped), :cropped.shape[1], :cropped.shape[2]] = cropped
+        return clip
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        sample, frames = self.plan_sample(item)
+        sample["video"] = torch.from_numpy(self.read_clip(frames))
+        return sample
 
 
 class TrainLoader:
@@ -173,8 +206,12 @@ class TrainLoader:
 
     def __init__(self, dataset: Dataset, *, batch_size: int, rank: int, world_size: int, seed: int,
                  num_workers: int = 0, pin_memory: bool = False,
-                 plan_provider: Callable[[int], np.ndarray | None] | None = None):
+                 plan_provider: Callable[[int], np.ndarray | None] | None = None,
+                 collate_fn: Callable[[list], object] = collate):
         self.dataset, self.batch_size, self.rank, self.world_size = dataset, batch_size, rank, world_size
+        # How a list of samples becomes what __iter__ yields: a ClipBatch, or for a loader that decodes after
+        # the workers (mmpt_lite.data.dali) its undecoded form. A module-level function (workers pickle it).
+        self.collate_fn = collate_fn
         self.seed, self.num_workers, self.pin_memory = seed, num_workers, pin_memory
         # plan_provider(epoch) -> int64 [steps, world, batch] or None (= the shuffled epoch_plan). It is
         # called on every rank at the start of each epoch (e.g. to mine hard-negative batches with the
@@ -224,7 +261,7 @@ class TrainLoader:
                                  f"[steps, {self.world_size}, {self.batch_size}]")
             sampler = PlanBatchSampler(plan, rank=self.rank, epoch=epoch, seed=self.seed, start_step=start)
             loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                                collate_fn=collate, pin_memory=self.pin_memory,
+                                collate_fn=self.collate_fn, pin_memory=self.pin_memory,
                                 persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
             for step, batch in enumerate(loader, start=start):
                 self.position = DataPosition(epoch, step + 1)
@@ -240,7 +277,7 @@ class TrainLoader:
                                          batch_size=self.batch_size, seed=self.seed, start=self.position,
                                          group=self.group)
         loader = DataLoader(_PositionTagged(self.dataset), batch_sampler=sampler, num_workers=self.num_workers,
-                            collate_fn=_collate_tagged, pin_memory=self.pin_memory,
+                            collate_fn=functools.partial(_collate_tagged, self.collate_fn), pin_memory=self.pin_memory,
                             prefetch_factor=4 if self.num_workers else None)
         for batch, (epoch, step) in loader:
             self.position = DataPosition(epoch, step + 1)  # as the per-epoch path: (e, steps) == (e + 1, 0)
@@ -280,5 +317,6 @@ class _PositionTagged(Dataset):
         return self.dataset[(index, seed)], (epoch, step)
 
 
-def _collate_tagged(samples: list[tuple[dict, tuple[int, int]]]) -> tuple[ClipBatch, tuple[int, int]]:
-    return collate([sample for sample, _ in samples]), samples[0][1]
+def _collate_tagged(collate_fn: Callable[[list], object],
+                    samples: list[tuple[dict, tuple[int, int]]]) -> tuple[object, tuple[int, int]]:
+    return collate_fn([sample for sample, _ in samples]), samples[0][1]

@@ -173,6 +173,26 @@ class ShardedVideoStore(_ShardIndex):
         first, stop = self._range(pos, "video_starts", i)
         return stop - first
 
+    def frame_size(self, video_id: str) -> tuple[int, int]:
+        """(height, width) of the video's stored frames, without decoding any."""
+        pos, i = self._locate(video_id)
+        row = self._handle(pos, "videos")[i]
+        return int(row["height"]), int(row["width"])
+
+    def encoded_frames(self, video_id: str, indices: np.ndarray) -> list[memoryview]:
+        """The stored JPEG files of frames ``indices`` (int [N], each in ``[0, num_frames)``), undecoded: views
+        into the shard's mmap, for a decoder outside this process's Python (DALI, nvJPEG). JPEG storage only."""
+        if self.storage["kind"] != "jpeg":
+            raise ValueError(f"{self.root}: frames are stored as {self.storage['kind']}, not JPEG files")
+        pos, i = self._locate(video_id)
+        first, stop = self._range(pos, "video_starts", i)
+        indices = np.asarray(indices, np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= stop - first):
+            raise IndexError(f"video {video_id!r} has {stop - first} frames; asked for frames "
+                             f"{indices.min()}..{indices.max()}")
+        offsets, data = self._handle(pos, "byte_offsets"), self._handle(pos, "data")
+        return [data[int(offsets[first + j]):int(offsets[first + j + 1])] for j in indices.tolist()]
+
     def read_frames(self, video_id: str, start: int, count: int,
                     out_size: tuple[int, int] | None = None) -> np.ndarray:
         """Frames ``start .. start+count-1`` (frame i shows time ``i / fps``), uint8 ``[count', H, W, 3]``.

@@ -4,7 +4,8 @@ The time convention and selection rule are in :mod:`mmpt_lite.data.decoders.base
 zero frames when ``pad=True`` and dropped otherwise. Backends (``backend=``, one module each under
 :mod:`mmpt_lite.data.decoders`): ``"pyav"`` (default: seek to the keyframe before ``start``, decode forward,
 select by pts), ``"ffmpeg"`` (one ``ffmpeg`` subprocess per clip, the MIL-NCE loader's style, same selection
-rule through the ``fps`` filter), and the optional ``"decord"`` / ``"torchcodec"`` (used only when importable).
+rule through the ``fps`` filter), and the optional ``"decord"`` / ``"torchcodec"`` (used only when importable) and
+``"dali"`` (the codecs DALI decodes on this machine; PyAV reads the others).
 
 Arrays are uint8 RGB, ``[T, H, W, 3]``.
 """
@@ -50,6 +51,8 @@ def read_clip(source: Source, start: float, end: float | None = None, *, num_fra
         fps = num_frames / (end - start)
     req = ClipRequest(float(start), end, num_frames, fps)
     decoder = get_decoder(backend)
+    if backend == "dali" and not decoder.handles(source):   # a codec DALI cannot decode here (logged once)
+        backend, decoder = "pyav", get_decoder("pyav")
     if backend == "pyav":
         frames = list(iter_clip_frames(source, start, end, num_frames=num_frames, fps=fps,
                                        transform=transform, rng=rng, threads=threads))

@@ -67,9 +67,14 @@ def run(cfg: RunConfig) -> int:
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         parts = task.build(cfg, prepared, device)
-        loader = TrainLoader(parts.dataset, batch_size=cfg.data.batch_size, rank=info.rank,
-                             world_size=info.world_size, seed=cfg.train.seed, num_workers=cfg.data.num_workers,
-                             pin_memory=device.type == "cuda", plan_provider=parts.plan_provider)
+        loader_options = dict(batch_size=cfg.data.batch_size, rank=info.rank, world_size=info.world_size,
+                              seed=cfg.train.seed, num_workers=cfg.data.num_workers,
+                              pin_memory=device.type == "cuda", plan_provider=parts.plan_provider)
+        if cfg.data.loader == "dali":   # imported here: DALI is an optional extra
+            from mmpt_lite.data.dali import DaliTrainLoader
+            loader = DaliTrainLoader(parts.dataset, device=device, **loader_options)
+        else:
+            loader = TrainLoader(parts.dataset, **loader_options)
         trainer = Trainer(cfg, model=parts.model, task=parts.task, loader=loader, device=device, out_dir=out_dir,
                           eval_fn=parts.eval_fn, flops_per_video=parts.flops_per_video)
         resumed = trainer.maybe_resume()

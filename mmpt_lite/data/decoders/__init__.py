@@ -1,12 +1,13 @@
 """Video decoders, one module per backend (as pytorchvideo's ``encoded_video_*``); ``base`` holds what they share.
 ``pyav`` (default; also the probe) reads paths, bytes or files; the others ``read_frames(path, req, geometry, threads)``.
+``dali`` decodes the codecs DALI reads on this machine and hands the rest to ``pyav`` (``dali.handles``).
 """
 
 from __future__ import annotations
 
-from mmpt_lite.data.decoders import decord, ffmpeg, pyav, torchcodec
+from mmpt_lite.data.decoders import dali, decord, ffmpeg, pyav, torchcodec
 
-DECODERS = {"pyav": pyav, "ffmpeg": ffmpeg, "decord": decord, "torchcodec": torchcodec}
+DECODERS = {"pyav": pyav, "ffmpeg": ffmpeg, "decord": decord, "torchcodec": torchcodec, "dali": dali}
 
 
 def get_decoder(name: str):
