@@ -101,9 +101,10 @@ class Attention(nn.Module):
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """flash-attn's kernel on q, k, v [B, N, heads, head_dim] -> [B, N, heads, head_dim] (scale 1/sqrt(head_dim)).
 
-    Autocast does not cover flash-attn's op, and the residual stream (LayerNorm output) stays float32 under
-    it, so q, k, v are cast to the autocast dtype here. Float32 outside autocast (evaluation and mining run
-    fp32) has no flash-attn kernel: SDPA computes the same attention there. Training in fp32 with flash_attn
+    The kernel is chosen by ``model.video.attention``, not by the input's dtype: under autocast the block input
+    (a LayerNorm output) is float32 even though the run is bf16. flash-attn's op is on none of autocast's
+    lists, so q, k, v are cast to the autocast dtype here. Float32 outside autocast (evaluation and mining run
+    fp32) has no flash-attn kernel: SDPA computes the same attention there; training in fp32 with flash_attn
     is refused by the config (``train.precision``).
     """
     if flash_attn_func is None:
