@@ -87,3 +87,17 @@ def test_flash_attn_matches_sdpa_under_bf16_autocast_on_a_gpu(monkeypatch):
         out = model(x)["video_tokens"].float()
     assert seen == [torch.bfloat16] * 2  # the kernel was reached, in bf16
     torch.testing.assert_close(out, ref, atol=5e-2, rtol=5e-2)
+
+
+def test_a_run_with_flash_attn_on_the_cpu_stops_in_one_line(tmp_path):
+    from conftest import launch_tiny
+
+    r = launch_tiny([f"data.root={tmp_path / 'how2'}", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=1",
+                     "train.device=cpu", "model.video.attention=flash_attn", "train.precision=bf16"])
+    assert r.returncode == 2, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].endswith("error: model.video.attention: " + (
+        "flash_attn runs on CUDA tensors only, got cpu; use sdpa" if vit.flash_attn_func is not None else
+        "flash_attn needs the flash-attn package (built from source on a CUDA machine, see README 'GPU extras'); "
+        "use sdpa")), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
