@@ -69,8 +69,13 @@ DALI = "nvidia-dali-cuda120==2.4.0"
 
 EXTRAS = {
     "decoders": ["decord==0.6.0", "torchcodec==0.13.0"],
-    "dev": ["pytest==9.0.3", "ruff==0.17.6", "hypothesis", "scikit-video==1.1.11", DALI],
+    # data.loader / data.decoder: dali (nvJPEG, NVDEC; CPU pipelines too). model.video.attention: flash_attn
+    # imports flash_attn, which PyPI ships as source only (built against the machine's CUDA torch, never tested
+    # with this pin set): installed by hand, README "GPU extras".
     "gpu": [DALI],
+    # DDP over NCCL (local_big, slurm) and train.compile need nothing beyond a CUDA build of torch.
+    "dist": [],
+    "dev": ["pytest==9.0.3", "ruff==0.17.6", "hypothesis", "scikit-video==1.1.11", DALI],
 }
 
 setup(

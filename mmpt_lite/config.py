@@ -134,6 +134,9 @@ class VideoTowerConfig:
     # ViT towers: "mean" projects the mean token (VideoMAE's pooled feature); "max" projects every token
     # and keeps each dimension's maximum, so an object covering a few tokens is not averaged away.
     pool: Literal["mean", "max"] = "mean"
+    # ViT attention kernel: "sdpa" (torch's, any device) or "flash_attn" (the flash-attn package: CUDA, bf16
+    # autocast; built from source, README "GPU extras"). Same parameters either way, so checkpoints load in both.
+    attention: Literal["sdpa", "flash_attn"] = "sdpa"
 
 
 @dataclass(kw_only=True)
@@ -222,6 +225,8 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 where native: GPU, AVX512-BF16/AMX CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
     peak_tflops: float = 0.0  # for MFU; 0 = look the GPU name up (bf16 dense peak)
+    # torch.compile (inductor) the model the trainer steps; checkpoints still hold the plain model's keys.
+    compile: bool = False
 
 
 @dataclass(kw_only=True)
@@ -312,6 +317,9 @@ class RunConfig:
         if clips > 1 and self.retri.enabled:
             raise ConfigConflict("data.clips_per_video: retrieval-augmented batches (retri.enabled) plan one clip per "
                                  "video; use 1 with retri")
+        if self.model.video.attention == "flash_attn" and self.train.precision == "fp32":
+            raise ConfigConflict("model.video.attention: flash_attn has no float32 kernel; use train.precision bf16 "
+                                 "(or auto on a GPU), or sdpa")
         synthetic, video_set = self.data.synthetic, self.mae.dataset
         if (synthetic.enabled and self.train.task == "mae" and video_set != "shards" and synthetic.sets != "all"
                 and video_set not in synthetic.sets):

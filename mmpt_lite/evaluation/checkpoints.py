@@ -146,6 +146,9 @@ def random_init_model(cfg: RunConfig, *, seed: int | None = None, max_words: int
 def _load_mmpt(source: CheckpointSource, word2vec: str | None, max_words: int | None,
                random_init: bool, seed: int | None) -> LoadedModel:
     cfg = load_config(source.folder / "config.yaml")
+    # Evaluation runs fp32 on any device: SDPA (the same attention, same parameters) whatever the run trained with.
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, video=dataclasses.replace(cfg.model.video, attention="sdpa")))
     if cfg.train.task == "mae":
         return _load_mae_encoder(source, cfg, max_words, random_init, seed)
     if word2vec:

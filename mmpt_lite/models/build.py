@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mmpt_lite.config import ModelConfig, TextTowerConfig, resolve_path
+from mmpt_lite.config import ConfigError, ModelConfig, TextTowerConfig, resolve_path
 from mmpt_lite.models.s3d import S3D
 from mmpt_lite.models.text import (
     TransformerTextTower,
@@ -48,14 +48,19 @@ VIDEO_PRESETS: dict[str, dict] = {
 }
 
 
-def build_video_tower(preset: str, embed_dim: int = 512) -> S3D | VideoViT:
-    """The video tower of a preset; raises ValueError listing the valid names for an unknown one."""
+def build_video_tower(preset: str, embed_dim: int = 512, attention: str = "sdpa") -> S3D | VideoViT:
+    """The video tower of a preset; raises ValueError listing the valid names for an unknown one.
+
+    ``attention`` (``model.video.attention``) is the ViT blocks' attention kernel; S3D has no attention.
+    """
     if preset not in VIDEO_PRESETS:
         raise ValueError(f"model.video.preset: unknown preset {preset!r} (valid: {', '.join(VIDEO_PRESETS)})")
     kwargs = dict(VIDEO_PRESETS[preset])
     if kwargs.pop("arch") == "s3d":
+        if attention != "sdpa":
+            raise ConfigError(f"model.video.attention: {attention!r} applies to ViT presets; {preset} has no attention")
         return S3D(embed_dim=embed_dim, **kwargs)
-    return VideoViT(**kwargs)
+    return VideoViT(**kwargs, attention=attention)
 
 
 def build_text_tower(cfg: TextTowerConfig, embed_dim: int, *, vocab: Sequence[str] | None = None,
@@ -195,7 +200,7 @@ def build_model(cfg: ModelConfig, *, vocab: Sequence[str] | None = None, max_wor
     ``max_words`` is the tokenizer's row length (16 for the official checkpoint, 20 in MIL-NCE
     training). ``cfg.video.freeze`` / ``cfg.text.freeze`` freeze a tower except its projection.
     """
-    video_tower = build_video_tower(cfg.video.preset, cfg.embed_dim)
+    video_tower = build_video_tower(cfg.video.preset, cfg.embed_dim, cfg.video.attention)
     text_tower = build_text_tower(cfg.text, cfg.embed_dim, vocab=vocab, max_words=max_words)
     model = VideoTextModel(video_tower, text_tower, cfg.embed_dim, pool=cfg.video.pool)
     if cfg.video.freeze:

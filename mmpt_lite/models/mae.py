@@ -153,9 +153,10 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -
 class MaeDecoder(nn.Module):
     """Pre-LN blocks over all decoder tokens, then norm + head on the last ``num_predicted`` tokens."""
 
-    def __init__(self, width: int, depth: int, num_heads: int, out_dim: int, mlp_ratio: float = 4.0):
+    def __init__(self, width: int, depth: int, num_heads: int, out_dim: int, mlp_ratio: float = 4.0,
+                 attention: str = "sdpa"):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(width, num_heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(width, num_heads, mlp_ratio, attention) for _ in range(depth))
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.head = nn.Linear(width, out_dim)
         self.apply(init_weights)  # VideoMAE inits its decoder as its encoder
@@ -179,7 +180,7 @@ class VideoMAEPretrainer(nn.Module):
 
     def __init__(self, encoder: VideoViT, *, decoder_width: int, decoder_depth: int, decoder_heads: int,
                  mask_ratio: float = 0.9, masking: str = "tube", decoder_mask_ratio: float = 0.5,
-                 norm_pix_loss: bool = True):
+                 norm_pix_loss: bool = True, attention: str = "sdpa"):
         super().__init__()
         if masking not in ("tube", "dual"):
             raise ValueError(f"mae.masking: {masking!r} is not one of 'tube', 'dual'")
@@ -191,7 +192,7 @@ class VideoMAEPretrainer(nn.Module):
         self.encoder_to_decoder = nn.Linear(encoder.width, decoder_width, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
         nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
-        self.decoder = MaeDecoder(decoder_width, decoder_depth, decoder_heads, self.out_dim)
+        self.decoder = MaeDecoder(decoder_width, decoder_depth, decoder_heads, self.out_dim, attention=attention)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1), persistent=False)
 
@@ -235,15 +236,17 @@ class VideoMAEPretrainer(nn.Module):
                 "decode_index": masks.decode_index, "loss_weight": masks.loss_weight}
 
 
-def build_mae_pretrainer(preset: str, mae: MaeConfig) -> VideoMAEPretrainer:
-    """The masked-pretraining model of a ViT preset (``model.video.preset``) and the ``mae.*`` section."""
+def build_mae_pretrainer(preset: str, mae: MaeConfig, attention: str = "sdpa") -> VideoMAEPretrainer:
+    """The masked-pretraining model of a ViT preset (``model.video.preset``) and the ``mae.*`` section;
+    ``attention`` (``model.video.attention``) is the kernel of the encoder's and the decoder's blocks."""
     if VIDEO_PRESETS.get(preset, {}).get("arch") != "vit":
         vit_presets = [name for name, spec in VIDEO_PRESETS.items() if spec["arch"] == "vit"]
         raise ValueError(f"model.video.preset: masked pretraining needs a ViT preset, got {preset!r} "
                          f"(valid: {', '.join(vit_presets)})")
-    encoder = build_video_tower(preset)
+    encoder = build_video_tower(preset, attention=attention)
     width, heads = MAE_DECODER_BY_WIDTH.get(encoder.width, (encoder.width // 2, max(1, encoder.width // 128)))
     return VideoMAEPretrainer(encoder, decoder_width=mae.decoder_width or width,
                               decoder_depth=mae.decoder_depth, decoder_heads=mae.decoder_heads or heads,
                               mask_ratio=mae.mask_ratio, masking=mae.masking,
-                              decoder_mask_ratio=mae.decoder_mask_ratio, norm_pix_loss=mae.norm_pix_loss)
+                              decoder_mask_ratio=mae.decoder_mask_ratio, norm_pix_loss=mae.norm_pix_loss,
+                              attention=attention)

@@ -17,10 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmpt_lite.config import ConfigError
+
 try:  # optional: the flash-attn package (SDPA already dispatches to flash kernels on a GPU)
     from flash_attn import flash_attn_func
 except ImportError:
     flash_attn_func = None
+
+ATTENTION_KERNELS = ("sdpa", "flash_attn")  # model.video.attention
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -59,13 +63,22 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention; the qkv projection has q and v biases but no k bias (VideoMAE)."""
+    """Multi-head self-attention; the qkv projection has q and v biases but no k bias (VideoMAE).
 
-    def __init__(self, dim: int, num_heads: int):
+    ``kernel`` (``model.video.attention``) picks the attention product: ``sdpa``
+    (``F.scaled_dot_product_attention``, any device and dtype) or ``flash_attn`` (the flash-attn package's
+    kernel: CUDA tensors in bf16/fp16, i.e. under autocast). It is a plain attribute, not state: the
+    parameters and state-dict keys are the same for both.
+    """
+
+    def __init__(self, dim: int, num_heads: int, kernel: str = "sdpa"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        if kernel not in ATTENTION_KERNELS:
+            raise ConfigError(f"model.video.attention: {kernel!r} is not one of {', '.join(ATTENTION_KERNELS)}")
         self.num_heads = num_heads
+        self.kernel = kernel
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(dim))
         self.v_bias = nn.Parameter(torch.zeros(dim))
@@ -76,13 +89,36 @@ class Attention(nn.Module):
         b, n, dim = x.shape
         bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, dim // self.num_heads)
-        if flash_attn_func is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+        if self.kernel == "flash_attn":
             q, k, v = qkv.unbind(dim=2)  # flash-attn takes [B, N, heads, head_dim]
-            out = flash_attn_func(q, k, v)
+            out = flash_attention(q, k, v)
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(dim=0)  # SDPA takes [B, heads, N, head_dim]
             out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
         return self.proj(out.reshape(b, n, dim))
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """flash-attn's kernel on q, k, v [B, N, heads, head_dim] -> [B, N, heads, head_dim] (scale 1/sqrt(head_dim)).
+
+    The kernel is chosen by ``model.video.attention``, not by the input's dtype: under autocast the block input
+    (a LayerNorm output) is float32 even though the run is bf16. flash-attn's op is on none of autocast's
+    lists, so q, k, v are cast to the autocast dtype here. Float32 outside autocast (evaluation and mining run
+    fp32) has no flash-attn kernel: SDPA computes the same attention there; training in fp32 with flash_attn
+    is refused by the config (``train.precision``).
+    """
+    if flash_attn_func is None:
+        raise ConfigError("model.video.attention: flash_attn needs the flash-attn package (built from source on a "
+                          "CUDA machine, see README 'GPU extras'); use sdpa")
+    if not q.is_cuda:
+        raise ConfigError(f"model.video.attention: flash_attn runs on CUDA tensors only, got {q.device.type}; use sdpa")
+    if torch.is_autocast_enabled(q.device.type):
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
+    return flash_attn_func(q, k, v)
 
 
 class Mlp(nn.Module):
@@ -99,10 +135,10 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attention: str = "sdpa"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads)
+        self.attn = Attention(dim, num_heads, attention)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))  # int() as VideoMAE: 1408 · 48/11 -> 6144
 
@@ -117,20 +153,21 @@ class VideoViT(nn.Module):
     ``fc_norm=False`` is the pretraining encoder (final ``norm`` on every token; pooled = token
     mean); ``fc_norm=True`` the fine-tuning variant (no per-token norm; ``fc_norm`` after the
     mean). Input T, H, W may be any multiple of the tubelet/patch size: the position table is
-    computed for the actual token count.
+    computed for the actual token count. ``attention`` is the blocks' kernel (:class:`Attention`).
     """
 
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
 
     def __init__(self, width: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-                 patch_size: int = 16, tubelet_size: int = 2, in_channels: int = 3, fc_norm: bool = False):
+                 patch_size: int = 16, tubelet_size: int = 2, in_channels: int = 3, fc_norm: bool = False,
+                 attention: str = "sdpa"):
         super().__init__()
         self.width = width
         self.patch_size = patch_size
         self.tubelet_size = tubelet_size
         self.patch_embed = PatchEmbed(width, patch_size, tubelet_size, in_channels)
-        self.blocks = nn.ModuleList(Block(width, num_heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(width, num_heads, mlp_ratio, attention) for _ in range(depth))
         if fc_norm:
             self.norm = nn.Identity()
             self.fc_norm = nn.LayerNorm(width, eps=1e-6)

@@ -63,6 +63,10 @@ class Trainer:
         self.task = task
         self.rank, self.world = mdist.get_rank(), mdist.get_world_size()
         self.model = model.to(device)  # unwrapped: what checkpoints hold and evaluation uses
+        if cfg.train.compile:
+            # In place and before DDP wraps it, as torch's docs advise (Dynamo traces DDP's hooks poorly): the
+            # module stays itself, so state-dict keys have no ``_orig_mod.`` prefix and checkpoints load as before.
+            self.model.compile(backend="inductor")
         self.loader = loader
         self.ddp = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
                     if self.world > 1 else self.model)

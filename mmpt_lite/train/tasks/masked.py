@@ -80,7 +80,7 @@ def describe(cfg: RunConfig) -> str:
 def build(cfg: RunConfig, prepared: PreparedData, device: torch.device) -> Components:
     if cfg.model.video.init_from:
         raise ValueError("model.video.init_from initialises contrastive runs; masked pretraining starts from scratch")
-    model = build_mae_pretrainer(cfg.model.video.preset, cfg.mae)
+    model = build_mae_pretrainer(cfg.model.video.preset, cfg.mae, cfg.model.video.attention)
     macs, _ = mae_macs_per_video(model, cfg.data.num_frames, cfg.data.video_size)
     log.info("masked pretraining: %s, %d×%d² input, %s masking -> %.2fM parameters, %.3f G multiply-adds "
              "per video (fvcore)", cfg.model.video.preset, cfg.data.num_frames, cfg.data.video_size,
