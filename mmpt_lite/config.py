@@ -227,6 +227,13 @@ class TrainConfig:
     peak_tflops: float = 0.0  # for MFU; 0 = look the GPU name up (bf16 dense peak)
     # torch.compile (inductor) the model the trainer steps; checkpoints still hold the plain model's keys.
     compile: bool = False
+    strategy: Literal["ddp", "deepspeed"] = "ddp"  # deepspeed: ZeRO (pip install 'mmpt_lite[dist]')
+    zero_stage: int = 2  # deepspeed's ZeRO stage: 1 partitions optimizer state, 2 also the gradients
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (1, 2):
+            raise ConfigError(f"train.zero_stage: {self.zero_stage} must be 1 or 2 (ZeRO stage of train.strategy "
+                              "deepspeed; stage 3 would shard the weights checkpoints and evaluation read whole)")
 
 
 @dataclass(kw_only=True)
