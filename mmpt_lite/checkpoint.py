@@ -6,6 +6,8 @@ Layout: ``<output_dir>/checkpoints/step_<N>/`` holding
                       (plain containers of tensors and numbers: loads with weights_only=True)
   config.yaml         the resolved run config
   meta.json           {"format": "mmpt_lite", "version": 1, "step": N, "model_sha256": ...}
+  rank_state/         only when a strategy partitions optimizer state over ranks (train.strategy
+                      deepspeed): rank_<R>.pt, each rank's own part (plain containers of tensors)
 and ``<output_dir>/checkpoints/latest``, a one-line text file naming the newest folder.
 
 A step folder is assembled under a temporary name and renamed into place; ``latest`` is replaced
@@ -31,6 +33,7 @@ from mmpt_lite.fileio import atomic_write_text, file_sha256
 
 FORMAT = "mmpt_lite"
 VERSION = 1
+RANK_STATE_DIR = "rank_state"
 
 
 class CheckpointFormatError(ValueError):
@@ -42,8 +45,13 @@ def checkpoint_root(output_dir: str | os.PathLike) -> Path:
 
 
 def save_checkpoint(output_dir: str | os.PathLike, step: int, *, model_state: dict[str, torch.Tensor],
-                    train_state: dict[str, Any], cfg: RunConfig, keep_last: int = 3) -> Path:
-    """Write ``step_<step>`` atomically, point ``latest`` at it, prune to the newest ``keep_last``."""
+                    train_state: dict[str, Any], cfg: RunConfig, keep_last: int = 3,
+                    rank_states: Path | None = None) -> Path:
+    """Write ``step_<step>`` atomically, point ``latest`` at it, prune to the newest ``keep_last``.
+
+    ``rank_states``: a folder every rank has written its ``rank_<R>.pt`` into (:func:`rank_state_staging`);
+    it is moved into the step folder before the step folder is renamed into place.
+    """
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
@@ -59,6 +67,8 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, *, model_state: di
     meta = {"format": FORMAT, "version": VERSION, "step": step,
             "model_sha256": file_sha256(tmp / "model.safetensors")}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    if rank_states is not None:
+        os.replace(rank_states, tmp / RANK_STATE_DIR)
     if final.exists():  # a rerun that reached the same step again: replace it whole
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -66,6 +76,26 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, *, model_state: di
     for old in list_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def rank_state_staging(output_dir: str | os.PathLike, step: int) -> Path:
+    """Where every rank writes its part of step ``step`` before the main rank assembles the step folder."""
+    return checkpoint_root(output_dir) / f".tmp_rank_state_{step:08d}"
+
+
+def write_rank_state(staging: Path, rank: int, state: dict[str, Any]) -> None:
+    """One rank's part, written under a temporary name and renamed (a half-written file is never taken)."""
+    tmp = staging / f".rank_{rank:05d}.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, staging / f"rank_{rank:05d}.pt")
+
+
+def load_rank_state(folder: str | os.PathLike, rank: int) -> dict[str, Any]:
+    """Rank ``rank``'s part of a step folder (``rank_state/rank_<R>.pt``); CheckpointFormatError if absent."""
+    path = Path(folder) / RANK_STATE_DIR / f"rank_{rank:05d}.pt"
+    if not path.is_file():
+        raise CheckpointFormatError(f"{path}: missing (this checkpoint holds no per-rank state for rank {rank})")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
