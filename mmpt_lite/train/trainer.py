@@ -1,8 +1,9 @@
 """The training loop: train_step, maybe_checkpoint, maybe_eval.
 
-Parallelism (DDP) and precision (bf16 autocast, ``mmpt_lite.precision``) live here, not in model code. A step:
-accumulate ``accum_steps`` micro-batches, agree across ranks that every loss is finite, clip, check
-the gradient norm is finite, then step the optimizer and the per-step schedule. A non-finite loss or
+Parallelism (``train.strategy``: DDP or DeepSpeed ZeRO, ``train/strategy.py``) and precision (bf16 autocast,
+``mmpt_lite.precision``) live here, not in model code. A step: accumulate ``accum_steps`` micro-batches, agree
+across ranks that every loss is finite, clip, check the gradient norm is finite, then step the optimizer and
+the per-step schedule. A non-finite loss or
 gradient skips the step (counted); ``max_nonfinite`` in a row stops the run before any NaN weights
 could be saved.
 """
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from mmpt_lite import distributed as mdist
 from mmpt_lite.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -27,6 +27,7 @@ from mmpt_lite.data.loader import TrainLoader
 from mmpt_lite.precision import use_bf16
 from mmpt_lite.train.logging import MetricLogger
 from mmpt_lite.train.optim import build_optimizer, build_scheduler
+from mmpt_lite.train.strategy import all_ranks_finite, build_strategy
 from mmpt_lite.train.tasks.base import Task
 
 log = logging.getLogger("mmpt_lite")
@@ -68,8 +69,6 @@ class Trainer:
             # module stays itself, so state-dict keys have no ``_orig_mod.`` prefix and checkpoints load as before.
             self.model.compile(backend="inductor")
         self.loader = loader
-        self.ddp = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-                    if self.world > 1 else self.model)
         self.accum = max(1, cfg.optim.accum_steps)
         if cfg.train.epochs > 0:
             self.total_steps = cfg.train.epochs * math.ceil(loader.steps_per_epoch() / self.accum)
@@ -77,6 +76,7 @@ class Trainer:
             self.total_steps = cfg.train.max_steps
         self.optimizer = build_optimizer(cfg.optim, [self.model, *task.modules()], fused=device.type == "cuda")
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
+        self.strategy = build_strategy(cfg, self.model, task.modules(), self.optimizer, self.scheduler, device)
         bf16 = use_bf16(cfg.train.precision, device)
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         self.flops_per_video = flops_per_video
@@ -91,7 +91,7 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        return {"step": self.step, "optimizer": self.strategy.optimizer_state(), "scheduler": self.scheduler.state_dict(),
                 "task": self.task.state_dict(), "data_position": self.loader.state_dict(),
                 "nonfinite_total": self.nonfinite_total, "world_size": self.world,
                 "rng_by_rank": self._gather_rng(rng)}
@@ -114,9 +114,9 @@ class Trainer:
         ckpt = load_checkpoint(path)
         self.model.load_state_dict(ckpt["model"])
         state = ckpt["train_state"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.task.load_state_dict(state["task"])
+        self.strategy.load_state(state["optimizer"], path)  # after the weights: ZeRO rebuilds fp32 partitions
+        self.scheduler.load_state_dict(state["scheduler"])
         self.loader.load_state_dict(state["data_position"])
         self.step = int(state["step"])
         self.nonfinite_total = int(state["nonfinite_total"])
@@ -130,38 +130,28 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------ loop pieces
-    def _all_finite(self, value: torch.Tensor) -> bool:
-        flag = torch.isfinite(value.detach()).all().float().reshape(1)
-        if self.world > 1:  # every rank must take the same branch (backward / all-reduce or not)
-            flag = flag.to(self.device if self.device.type == "cuda" else "cpu")
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item() > 0)
-
     def train_step(self, batches) -> dict | None:
         """One optimizer step over ``accum_steps`` micro-batches; None when skipped as non-finite."""
-        self.optimizer.zero_grad(set_to_none=True)
+        strategy = self.strategy
+        strategy.zero_grad()
         losses, videos, ok = [], 0, True
         for i in range(self.accum):
             batch = next(batches)
-            sync = i == self.accum - 1 or self.world == 1
-            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+            with strategy.accumulate(last=i == self.accum - 1):
                 with self.autocast():
-                    result = self.task.step(self.ddp, batch)
+                    result = self.task.step(strategy.module, batch)
                 loss = result["loss"]
-                if not ok or not self._all_finite(loss):
-                    ok = False
+                if not ok:
                     continue
-                (loss / self.accum).backward()
+                if not all_ranks_finite(loss, self.device):  # every rank takes the same branch
+                    ok = False
+                    strategy.discard(loss)
+                    continue
+                strategy.backward(loss / self.accum)
             losses.append(loss.detach())
             videos += int(result["batch_size"])
-        grad_norm = torch.zeros(())
-        if ok:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            ok = self._all_finite(grad_norm)
+        ok, grad_norm = strategy.step(ok)  # clips; skips when the norm is not finite on some rank
         if not ok:
-            self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite_streak += 1
             self.nonfinite_total += 1
             log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row, %d total)",
@@ -171,8 +161,6 @@ class Trainer:
                                          f"(train.max_nonfinite={self.cfg.train.max_nonfinite}); stopping")
             return None
         self.nonfinite_streak = 0
-        self.optimizer.step()
-        self.scheduler.step()
         return {"loss": float(torch.stack(losses).mean()), "grad_norm": float(grad_norm), "videos": videos,
                 **{k: float(v) for k, v in result.items() if k != "loss" and torch.is_tensor(v) and v.numel() == 1}}
 
@@ -181,9 +169,10 @@ class Trainer:
         if self.step == self.last_ckpt_step or not (force or (every > 0 and self.step % every == 0)):
             return
         state = self.train_state()  # collective (RNG gather): every rank calls it
+        rank_states = self.strategy.stage_rank_state(self.out_dir, self.step)  # collective; None under DDP
         if self.rank == 0:
             path = save_checkpoint(self.out_dir, self.step, model_state=self.model.state_dict(), train_state=state,
-                                   cfg=self.cfg, keep_last=self.cfg.train.keep_last)
+                                   cfg=self.cfg, keep_last=self.cfg.train.keep_last, rank_states=rank_states)
             log.info("checkpoint: %s", path)
         self.last_ckpt_step = self.step
         mdist.barrier()
@@ -208,7 +197,7 @@ class Trainer:
     def fit(self) -> dict:
         logger = MetricLogger(self.out_dir, total_steps=self.total_steps, start_step=self.step, enabled=self.rank == 0)
         batches = iter(self.loader)
-        self.ddp.train()
+        self.strategy.module.train()
         t0, seen, last = time.perf_counter(), 0, {}
         try:
             while self.step < self.total_steps:
