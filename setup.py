@@ -8,6 +8,9 @@ Dependency policy
   for ``torch>=2.4`` so pip never swaps the user's CUDA torch for another build.
 * torchvision and timm are deliberately absent: the only torchvision built for torch 2.13 is a
   CUDA build that fails to import on CPU and breaks transformers' imports.
+* deepspeed (``dist`` extra, also in ``dev`` so CI runs its tests) ships as an sdist; its build compiles no
+  ops by default (``DS_BUILD_OPS`` unset = 0: the few it needs are compiled at first use), so a plain
+  ``pip install -e ".[dev]"`` works without CUDA.
 """
 
 import os
@@ -66,6 +69,7 @@ INSTALL_REQUIRES = [
 # data.loader: dali / data.decoder: dali. The CUDA 12 wheel also runs DALI's CPU pipelines (how CI tests it);
 # the version is the one mmpt_lite.data.decoders.dali.DALI_REQUIREMENT names.
 DALI = "nvidia-dali-cuda120==2.4.0"
+DEEPSPEED = "deepspeed==0.19.8"  # train.strategy: deepspeed (a pure-Python wheel built from its sdist; no ops)
 
 EXTRAS = {
     "decoders": ["decord==0.6.0", "torchcodec==0.13.0"],
@@ -73,9 +77,10 @@ EXTRAS = {
     # imports flash_attn, which PyPI ships as source only (built against the machine's CUDA torch, never tested
     # with this pin set): installed by hand, README "GPU extras".
     "gpu": [DALI],
-    # DDP over NCCL (local_big, slurm) and train.compile need nothing beyond a CUDA build of torch.
-    "dist": [],
-    "dev": ["pytest==9.0.3", "ruff==0.17.6", "hypothesis", "scikit-video==1.1.11", DALI],
+    # DDP over NCCL (local_big, slurm) and train.compile need nothing beyond a CUDA build of torch;
+    # train.strategy deepspeed needs deepspeed.
+    "dist": [DEEPSPEED],
+    "dev": ["pytest==9.0.3", "ruff==0.17.6", "hypothesis", "scikit-video==1.1.11", DALI, DEEPSPEED],
 }
 
 setup(
