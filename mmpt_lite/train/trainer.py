@@ -3,9 +3,8 @@
 Parallelism (``train.strategy``: DDP or DeepSpeed ZeRO, ``train/strategy.py``) and precision (bf16 autocast,
 ``mmpt_lite.precision``) live here, not in model code. A step: accumulate ``accum_steps`` micro-batches, agree
 across ranks that every loss is finite, clip, check the gradient norm is finite, then step the optimizer and
-the per-step schedule. A non-finite loss or
-gradient skips the step (counted); ``max_nonfinite`` in a row stops the run before any NaN weights
-could be saved.
+the per-step schedule. A non-finite loss or gradient skips the step (counted); ``max_nonfinite`` in a row
+stops the run before any NaN weights could be saved.
 """
 
 from __future__ import annotations
