@@ -143,3 +143,18 @@ def test_ddp_refuses_a_deepspeed_checkpoint(tmp_path):
     strategy = DdpStrategy(cfg, model, optimizer, build_scheduler(optimizer, cfg.optim, 10), torch.device("cpu"))
     with pytest.raises(ConfigError, match=r"^train\.strategy: .* was written with train\.strategy=deepspeed"):
         strategy.load_state({"strategy": "deepspeed", "zero_stage": 2, "world_size": 2}, tmp_path)
+
+
+def test_bf16_autocast_reaches_the_engine_forward(corpus, tmp_path):
+    """precision bf16: the engine runs the model under bf16 autocast as DDP does (its forward would otherwise
+    switch an outer autocast off and silently train in fp32)."""
+    first = {}
+    for name, overrides in (("ddp_bf16", ["train.precision=bf16"]),
+                            ("ds_bf16", ["train.precision=bf16", "train.strategy=deepspeed"]),
+                            ("ds_fp32", ["train.precision=fp32", "train.strategy=deepspeed"])):
+        r = launch_tiny([f"data.root={corpus}", f"train.output_dir={tmp_path / name}", "train.max_steps=2",
+                         *overrides])
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        first[name] = [m["loss"] for m in metrics(tmp_path / name)]
+    assert first["ds_bf16"] == pytest.approx(first["ddp_bf16"], rel=1e-5)
+    assert abs(first["ds_bf16"][0] - first["ds_fp32"][0]) > 1e-4  # bf16 arithmetic, not fp32

@@ -7,9 +7,11 @@ around a micro-batch, ``backward(loss)``, ``discard(loss)`` for the first non-fi
 warmup + cosine schedule that ``train.optim`` builds, clip at ``optim.grad_clip`` and skip a step whose loss
 or gradient norm is non-finite on any rank.
 
-DeepSpeed keeps the parameters in fp32 (its ZeRO 1/2 partitions only optimizer state and gradients) and the
-trainer's bf16 autocast does the low-precision arithmetic, as under DDP: the same numbers up to reduction
-order, and every rank holds the whole fp32 model that checkpoints and evaluation read.
+DeepSpeed keeps the parameters in fp32 (its ZeRO 1/2 partitions only optimizer state and gradients) and bf16
+is autocast, as under DDP: the same numbers up to reduction order, and every rank holds the whole fp32 model
+that checkpoints and evaluation read. The engine's forward turns an outer autocast off unless its own
+``torch_autocast`` section is on, so a bf16 run configures that section (with no module's gradients
+reduced in bf16, as DDP reduces them in fp32).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mmpt_lite import distributed as mdist
 from mmpt_lite.checkpoint import load_rank_state, rank_state_staging, write_rank_state
 from mmpt_lite.config import ConfigError, RunConfig
+from mmpt_lite.precision import use_bf16
 
 log = logging.getLogger("mmpt_lite")
 
@@ -117,10 +120,10 @@ class _ModelWithTaskModules(torch.nn.Module):
         return self.model(*args, **kwargs)
 
 
-def deepspeed_config(cfg: RunConfig, world: int) -> dict:
-    """The engine's config. No ``bf16`` section: parameters stay fp32 and the trainer's autocast does bf16."""
+def deepspeed_config(cfg: RunConfig, world: int, device: torch.device) -> dict:
+    """The engine's config. No ``bf16`` section (it would store the weights in bf16): bf16 runs autocast."""
     accum = max(1, cfg.optim.accum_steps)
-    return {
+    config = {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": accum,
         "train_batch_size": cfg.data.batch_size * accum * world,
@@ -132,6 +135,9 @@ def deepspeed_config(cfg: RunConfig, world: int) -> dict:
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
+    if use_bf16(cfg.train.precision, device):
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+    return config
 
 
 class DeepSpeedStrategy:
@@ -154,7 +160,7 @@ class DeepSpeedStrategy:
         self.rank, self.world, self.zero_stage = mdist.get_rank(), mdist.get_world_size(), cfg.train.zero_stage
         joint = _ModelWithTaskModules(model, extra) if extra else model
         self.engine, self.zero, _, _ = deepspeed.initialize(model=joint, optimizer=optimizer, lr_scheduler=scheduler,
-                                                            config=deepspeed_config(cfg, self.world))
+                                                            config=deepspeed_config(cfg, self.world, device))
         self.module = self.engine
         self.optimizer = optimizer  # the base optimizer; its params are now this rank's flat fp32 partitions
 
