@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import launch_tiny
 
 from mmpt_lite.config import ConfigError, config_from_dict
