@@ -1,8 +1,10 @@
 """Shared fixtures: tiny run configs written on the fly."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,22 @@ def launch_tiny(overrides, *, jobtype="local_single", popen=False, dryrun=False)
     if popen:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def sigkill_after_checkpoint(proc, run_dir, step, rng, timeout=300):
+    """SIGKILL ``proc`` at a random moment (0-0.2 s) after ``run_dir`` holds a checkpoint at or past ``step``;
+    returns the step of the latest checkpoint the killed run left."""
+    from mmpt_lite.checkpoint import latest_checkpoint
+
+    def latest():
+        ck = latest_checkpoint(run_dir) if Path(run_dir).is_dir() else None
+        return int(ck.name.split("_")[1]) if ck is not None else -1
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and latest() < step:
+        time.sleep(0.05)
+    time.sleep(float(rng.uniform(0, 0.2)))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return latest()
+

@@ -2,7 +2,6 @@
 init_from link, skipping finished stages, exact resume after SIGKILL in the second stage, and load-time errors."""
 
 import json
-import signal
 import time
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import launch_tiny as launch
+from conftest import sigkill_after_checkpoint
 from safetensors.torch import load_file
 
 from mmpt_lite.checkpoint import latest_checkpoint, list_checkpoints
@@ -93,17 +93,7 @@ def test_sigkill_in_second_stage_then_rerun_matches_uninterrupted(reference, tmp
     overrides = staged(data, out, order="[masked,contrastive]")
     rng = np.random.default_rng(int(time.time()))
     kill_after = int(rng.integers(2, 4)) * 2  # a checkpointed contrastive step; the kill lands after it
-    proc = launch(overrides, popen=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        ck = latest_checkpoint(out / "contrastive") if (out / "contrastive").is_dir() else None
-        if ck is not None and int(ck.name.split("_")[1]) >= kill_after:
-            break
-        time.sleep(0.05)
-    time.sleep(float(rng.uniform(0, 0.2)))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = int(latest_checkpoint(out / "contrastive").name.split("_")[1])
+    killed_at = sigkill_after_checkpoint(launch(overrides, popen=True), out / "contrastive", kill_after, rng)
     assert killed_at < CONTRASTIVE_STEPS, "the stage finished before it could be killed; make it longer"
     assert (out / "masked" / "stage_done.json").is_file() and not (out / "contrastive" / "stage_done.json").exists()
 

@@ -2,14 +2,13 @@
 the non-finite guard, and the warmup + cosine schedule."""
 
 import json
-import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import launch_tiny
+from conftest import launch_tiny, sigkill_after_checkpoint
 from safetensors.torch import load_file
 
 from mmpt_lite.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
@@ -85,16 +84,7 @@ def test_sigkill_then_resume_matches_uninterrupted(corpus, tmp_path):
     rng = np.random.default_rng(int(time.time()))
     kill_after = int(rng.integers(2, 4)) * 2  # a checkpointed step; the process dies somewhere after it
     proc = run_launch("local_single", common + [f"train.output_dir={out}"], popen=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        ck = latest_checkpoint(out)
-        if ck is not None and int(ck.name.split("_")[1]) >= kill_after:
-            break
-        time.sleep(0.05)
-    time.sleep(float(rng.uniform(0, 0.2)))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = int(latest_checkpoint(out).name.split("_")[1])
+    killed_at = sigkill_after_checkpoint(proc, out, kill_after, rng)
     assert killed_at < steps, "the run finished before it could be killed; make it longer"
 
     resumed = run_launch("local_single", common + [f"train.output_dir={out}"])
