@@ -201,7 +201,7 @@ class ClassifyConfig:
     sampling_stride: int = 4  # dense sampling, in frames at the set's native rate (ViT 4, X3D 6)
     # Spatial: VideoMAE's multi-scale crop resized to data.video_size, or SlowFast's short-side jitter (short
     # side resized to a random value in jitter_scales, then a random data.video_size crop).
-    spatial: Literal["multiscale", "jitter"] = "multiscale"
+    spatial: Literal["multiscale", "short_side_jitter"] = "multiscale"
     jitter_scales: list[int] = field(default_factory=lambda: [256, 320])
     flip: bool = True  # random horizontal flip; must be off for SSv2, whose labels name directions
     drop_path: float = 0.1  # ViT stochastic depth at the last block

@@ -67,12 +67,13 @@ def ensure_corpus(cfg: RunConfig, root: Path, build: bool) -> None:
 
 
 def ensure_shards(cfg: RunConfig, csv_path: Path, video_root: Path, shard_root: Path, *, fps: float, build: bool,
-                  caption_root: Path | None = None) -> Path:
-    """Frame shards of the videos listed in ``csv_path`` at ``fps``, short side :func:`storage_short_side`; built
-    here for the synthetic corpus, otherwise a FileNotFoundError gives the command that builds them."""
+                  caption_root: Path | None = None, short_side: int = 0) -> Path:
+    """Frame shards of the videos listed in ``csv_path`` at ``fps``, short side ``short_side`` (0 =
+    :func:`storage_short_side`); built here for the synthetic corpus, otherwise a FileNotFoundError gives the
+    command that builds them."""
     if (shard_root / "manifest.json").is_file():
         return shard_root
-    short_side = storage_short_side(cfg.data.video_size)
+    short_side = short_side or storage_short_side(cfg.data.video_size)
     if not (cfg.data.synthetic.enabled and build):
         command = (f"python scripts/shard_howto.py --csv {csv_path} --video_root {video_root} "
                    + (f"--caption_root {caption_root} " if caption_root else "")

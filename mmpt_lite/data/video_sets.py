@@ -49,14 +49,17 @@ def train_video_paths(set_root: Path, dataset: str) -> list[str]:
     return [line.rsplit(" ", 1)[0] for line in lines if line]  # "path label"
 
 
-def ensure_set_shards(cfg: RunConfig, root: Path, dataset: str, build: bool) -> Path:
-    """Shards of the ``dataset`` training set at its native fps; built here for the synthetic corpus."""
-    set_root = root / dataset
+def ensure_set_shards(cfg: RunConfig, root: Path, dataset: str, build: bool, *, set_root: Path | None = None,
+                      short_side: int = 0, key: str = "mae.dataset") -> Path:
+    """Shards of the ``dataset`` training set (``set_root``, default ``root/dataset``) at its native fps, frames
+    stored at ``short_side`` (0 = ``storage_short_side(data.video_size)``), under ``root/mae_<dataset>`` unless
+    ``data.shard_root`` is set; built here for the synthetic corpus. ``key`` names the setting in errors."""
+    set_root = set_root if set_root is not None else root / dataset
     if not (set_root / TRAIN_LISTS[dataset]).is_file():
         if not cfg.data.synthetic.enabled:
-            raise FileNotFoundError(f"mae.dataset={dataset}: {set_root / TRAIN_LISTS[dataset]} not found")
+            raise FileNotFoundError(f"{key}={dataset}: {set_root / TRAIN_LISTS[dataset]} not found")
         ensure_corpus(cfg, root, build)  # the synthetic corpus holds every set, this one included
-    fps, short_side = NATIVE_FPS[dataset], storage_short_side(cfg.data.video_size)
+    fps, short_side = NATIVE_FPS[dataset], short_side or storage_short_side(cfg.data.video_size)
     shard_root = (resolve_path(cfg.data.shard_root) if cfg.data.shard_root
                   else root / f"mae_{dataset}" / f"shards_fps{fps:g}_s{short_side}")
     if (shard_root / "manifest.json").is_file():
@@ -69,7 +72,7 @@ def ensure_set_shards(cfg: RunConfig, root: Path, dataset: str, build: bool) -> 
         writer = csv.writer(f)
         writer.writerow(["video_path"])
         writer.writerows([p] for p in train_video_paths(set_root, dataset))
-    return ensure_shards(cfg, video_list, set_root, shard_root, fps=fps, build=build)
+    return ensure_shards(cfg, video_list, set_root, shard_root, fps=fps, build=build, short_side=short_side)
 
 
 def prepare_mae_data(cfg: RunConfig, *, build: bool) -> PreparedData:

@@ -88,7 +88,13 @@ def run(cfg: RunConfig) -> int:
         if info.is_main:
             log.info("done: step %d, last train metrics %s", trainer.step, last)
             init = json.loads(init_path.read_text()) if init_path.is_file() else None
-            print_final_table(init, final, out_dir)
+            if hasattr(task, "final_table"):  # the task's own summary (e.g. classification accuracy)
+                text = task.final_table(init, final)
+                if text:
+                    print(text, flush=True)
+                    (out_dir / "final_eval.txt").write_text(text + "\n")
+            else:
+                print_final_table(init, final, out_dir)
             if final is not None:
                 (out_dir / "eval_final.json").write_text(json.dumps(final))
         return 0

@@ -24,6 +24,7 @@ from mmpt_lite.config import ConfigError
 TASKS = {
     "milnce": "mmpt_lite.train.tasks.contrastive",  # video-text MIL-NCE or InfoNCE (loss.name)
     "mae": "mmpt_lite.train.tasks.masked",  # masked video pretraining (VideoMAE)
+    "classify": "mmpt_lite.train.tasks.classify",  # classification fine-tuning (Kinetics / SSv2 formats)
 }
 
 
