@@ -279,7 +279,7 @@ def short_side_jitter(frames: np.ndarray, rng: np.random.Generator, size: int, *
     return np.ascontiguousarray(apply_crop(scaled, crop))
 
 
-def test_crops(frames: np.ndarray, test_size: int, num_crops: int) -> np.ndarray:
+def uniform_crops(frames: np.ndarray, test_size: int, num_crops: int) -> np.ndarray:
     """Test-time crops: short side resized to ``test_size`` (skipped when it already is), then ``num_crops``
     test_size² crops evenly spread along the long side: 3 = SlowFast's uniform_crop (left / centre / right, or
     top / centre / bottom for portrait video), 1 = the centre. uint8 [num_crops, T, S, S, 3]."""
