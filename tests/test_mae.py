@@ -23,7 +23,7 @@ from mmpt_lite.models.mae import (
     tubelet_targets,
 )
 from mmpt_lite.models.vit import VideoViT
-from mmpt_lite.train.tasks.masked import MaskSeeds
+from mmpt_lite.train.tasks.base import StepSeeds
 
 REPO = Path(__file__).resolve().parents[1]
 GRID_16x224 = (8, 14, 14)  # 16 frames, 224², tubelet 2, patch 16
@@ -116,15 +116,15 @@ def test_presets_and_state_dict_names():
 
 
 def test_mask_seeds_resume_the_same_stream():
-    seeds = MaskSeeds(seed=7, rank=0)
+    seeds = StepSeeds(seed=7, rank=0)
     first = [seeds.next_generator(torch.device("cpu")).initial_seed() for _ in range(3)]
     state = seeds.state_dict()
     later = seeds.next_generator(torch.device("cpu")).initial_seed()
-    resumed = MaskSeeds(seed=7, rank=0)
+    resumed = StepSeeds(seed=7, rank=0)
     resumed.load_state_dict(state)
     assert resumed.next_generator(torch.device("cpu")).initial_seed() == later
     assert len(set(first + [later])) == 4
-    assert MaskSeeds(seed=7, rank=1).next_generator(torch.device("cpu")).initial_seed() != first[0]
+    assert StepSeeds(seed=7, rank=1).next_generator(torch.device("cpu")).initial_seed() != first[0]
 
 
 def test_cpu_run_through_locallaunch(tmp_path):

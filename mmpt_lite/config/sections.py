@@ -150,14 +150,25 @@ class LossConfig:
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    name: Literal["adam", "adamw"] = "adam"
+    name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # never on biases, norms (BatchNorm, LayerNorm) or other 1-D parameters
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd (SlowFast's default)
+    # Layer-wise lr decay (BEiT / VideoMAE fine-tuning): a ViT's layer l of L+1 trains at lr · decay^(L+1-l),
+    # the head at lr. 1 = off; needs a model with a layer order (the classify task's ViT classifiers).
+    layer_decay: float = 1.0
     warmup_steps: int = 0
     min_lr: float = 0.0
     grad_clip: float = 0.0  # 0 = no clipping
     accum_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"optim.layer_decay: {self.layer_decay} must be in (0, 1] (1 = off)")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"optim.momentum: {self.momentum} must be in [0, 1)")
 
 
 @dataclass(kw_only=True)
@@ -173,6 +184,66 @@ class MaeConfig:
     norm_pix_loss: bool = True
     sampling_stride: int = 4  # frames between samples: 4 Kinetics, 2 SSv2
     dataset: Literal["shards", "ssv2", "kinetics"] = "shards"  # video-only source for masked pretraining
+
+
+@dataclass(kw_only=True)
+class ClassifyConfig:
+    """Classification fine-tuning (``train.task: classify``): the model is ``model.video.preset`` with a class
+    head, started from ``model.video.init_from`` (random init when empty); clips are ``data.num_frames`` frames
+    cropped to ``data.video_size``. Defaults: VideoMAE's Kinetics fine-tuning recipe."""
+
+    dataset: Literal["kinetics", "ssv2"] = "kinetics"  # the set's format: 'path label' lists, or SSv2's JSON
+    root: str = ""  # the set's folder (lists, videos); "" = <data.root>/<dataset>, the synthetic corpus's set
+    # Training clips: "dense" = data.num_frames frames sampling_stride apart from a random start (Kinetics);
+    # "segments" = TSN, the video cut into data.num_frames segments, one random frame of each (SSv2); auto =
+    # segments for ssv2, dense for kinetics.
+    sampling: Literal["auto", "dense", "segments"] = "auto"
+    sampling_stride: int = 4  # dense sampling, in frames at the set's native rate (ViT 4, X3D 6)
+    # Spatial: VideoMAE's multi-scale crop resized to data.video_size, or SlowFast's short-side jitter (short
+    # side resized to a random value in jitter_scales, then a random data.video_size crop).
+    spatial: Literal["multiscale", "jitter"] = "multiscale"
+    jitter_scales: list[int] = field(default_factory=lambda: [256, 320])
+    flip: bool = True  # random horizontal flip; must be off for SSv2, whose labels name directions
+    drop_path: float = 0.1  # ViT stochastic depth at the last block
+    dropout: float = 0.0  # before the class head (X3D: 0.5)
+    label_smoothing: float = 0.1
+    mixup: float = 0.8  # Beta(alpha, alpha) of mixup; 0 = off
+    cutmix: float = 1.0  # Beta(alpha, alpha) of cutmix (one box per clip, the same in every frame); 0 = off
+    mixup_prob: float = 1.0  # probability that a batch is mixed at all
+    mixup_switch_prob: float = 0.5  # with both on: probability of cutmix rather than mixup
+    # Multi-view testing on the set's validation list: clips (dense) or temporal views (segments) x crops of
+    # test_size (0 = data.video_size), softmax averaged per video. VideoMAE Kinetics 5 x 3, SSv2 2 x 3; X3D 10 x 3.
+    test_clips: int = 5
+    test_crops: int = 3
+    test_size: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("drop_path", "dropout", "label_smoothing"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"classify.{name}: {getattr(self, name)} must be in [0, 1)")
+        for name in ("mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"classify.{name}: {getattr(self, name)} must be >= 0 (0 = off)")
+        for name in ("mixup_prob", "mixup_switch_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"classify.{name}: {getattr(self, name)} must be a probability in [0, 1]")
+        for name in ("sampling_stride", "test_clips", "test_crops"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"classify.{name}: {getattr(self, name)} must be at least 1")
+        if self.test_size < 0:
+            raise ConfigError(f"classify.test_size: {self.test_size} must be >= 0 (0 = data.video_size)")
+        scales = self.jitter_scales
+        if len(scales) != 2 or not 0 < scales[0] <= scales[1]:
+            raise ConfigError(f"classify.jitter_scales: {scales} must be [min, max] short sides, 0 < min <= max")
+        if self.dataset == "ssv2" and self.flip:
+            raise ConfigConflict("classify.flip: SSv2 labels name directions (left to right, clockwise), which a "
+                                 "flip reverses; set classify.flip=false")
+
+    @property
+    def resolved_sampling(self) -> str:
+        if self.sampling != "auto":
+            return self.sampling
+        return "segments" if self.dataset == "ssv2" else "dense"
 
 
 @dataclass(kw_only=True)
@@ -282,6 +353,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mae: MaeConfig = field(default_factory=MaeConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     retri: RetriConfig = field(default_factory=RetriConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -312,6 +384,10 @@ class RunConfig:
                 and video_set not in synthetic.sets):
             raise ConfigConflict(f"data.synthetic.sets: masked pretraining on mae.dataset={video_set} reads the "
                                  f"synthetic corpus's {video_set} set; add it to {synthetic.sets}")
+        if (synthetic.enabled and self.train.task == "classify" and not self.classify.root
+                and synthetic.sets != "all" and self.classify.dataset not in synthetic.sets):
+            raise ConfigConflict(f"data.synthetic.sets: fine-tuning on classify.dataset={self.classify.dataset} reads "
+                                 f"the synthetic corpus's {self.classify.dataset} set; add it to {synthetic.sets}")
         if self.data.loader == "dali" and self.train.task != "milnce":
             raise ConfigConflict(f"data.loader: 'dali' reads MIL-NCE clips (train.task milnce), not train.task "
                                  f"{self.train.task!r}; use data.loader=pytorch")

@@ -75,17 +75,38 @@ def encoder_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     return encoder, layout, unused
 
 
+def conv_tower_state(tower: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str,
+                                                                                      list[str]]:
+    """(tower-named tensors, source layout, keys left out) for a convolutional tower (S3D, X3D): an mmpt_lite
+    run's ``video_tower.*`` keys, or the tower's own top-level names (the official ``s3d_howto100m.pth``,
+    whose ``text_module.*`` is left out)."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("video_tower.") for k in state):
+        tensors = {k.removeprefix("video_tower."): v for k, v in state.items() if k.startswith("video_tower.")}
+        return tensors, "mmpt_lite", [k for k in state if not k.startswith("video_tower.")]
+    own = tower.state_dict()
+    return ({k: v for k, v in state.items() if k in own}, f"{type(tower).__name__} top-level",
+            [k for k in state if k not in own])
+
+
 def init_video_tower(model: torch.nn.Module, path: str | Path, *, strict: bool = False) -> str:
     """Load the encoder found at ``path`` into ``model.video_tower``; returns a one-line report.
 
     ``strict``: raise ValueError when the encoder leaves tower weights unset (else they are only reported).
+    A classification head inside the tower (X3D's ``head.projection``) whose class count differs from the
+    checkpoint's is left at its initialisation and reported; any other shape mismatch is an error.
     """
     tower = model.video_tower
-    if not isinstance(tower, VideoViT):
-        raise ValueError(f"model.video.init_from: needs a ViT video tower, not {type(tower).__name__}")
     state, source = read_state_dict(path)
-    encoder, layout, left_out = encoder_state(state)
+    if isinstance(tower, VideoViT):
+        encoder, layout, left_out = encoder_state(state)
+    else:
+        encoder, layout, left_out = conv_tower_state(tower, state)
     own = tower.state_dict()
+    reset = [k for k, v in encoder.items() if k.startswith("head.projection.") and k in own and v.shape != own[k].shape]
+    for key in reset:
+        left_out.append(key)
+        del encoder[key]
     mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in encoder.items()
                   if k in own and v.shape != own[k].shape]
     if mismatched:
@@ -100,5 +121,6 @@ def init_video_tower(model: torch.nn.Module, path: str | Path, *, strict: bool =
     return (f"loaded {loaded} tensors into video_tower from {source} ({layout} layout); "
             f"missing keys: {', '.join(result.missing_keys) or 'none'}; "
             f"unexpected keys: {', '.join(result.unexpected_keys) or 'none'}; "
-            f"ignored (not encoder): {', '.join(f'{k} x {n}' for k, n in ignored.items()) or 'none'}; "
-            "position table: recomputed for the tower's token count")
+            f"ignored (not encoder): {', '.join(f'{k} x {n}' for k, n in ignored.items()) or 'none'}"
+            + (f"; re-initialised (class count differs): {', '.join(reset)}" if reset else "")
+            + ("; position table: recomputed for the tower's token count" if isinstance(tower, VideoViT) else ""))

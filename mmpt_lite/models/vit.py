@@ -132,19 +132,30 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth on a residual branch [B, ...]: zero the whole branch of a random ``rate`` of the samples
+    and scale the others by 1 / (1 - rate), so the expectation is unchanged; identity in eval mode."""
+    if rate == 0.0 or not training:
+        return x
+    keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device, dtype=x.dtype).bernoulli_(1.0 - rate)
+    return x * keep / (1.0 - rate)
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attention: str = "sdpa"):
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)); ``drop_path`` is the rate at which
+    each residual branch is dropped per sample in training (stochastic depth; no parameters)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attention: str = "sdpa", drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, attention)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))  # int() as VideoMAE: 1408 · 48/11 -> 6144
+        self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
 class VideoViT(nn.Module):
@@ -154,6 +165,8 @@ class VideoViT(nn.Module):
     mean); ``fc_norm=True`` the fine-tuning variant (no per-token norm; ``fc_norm`` after the
     mean). Input T, H, W may be any multiple of the tubelet/patch size: the position table is
     computed for the actual token count. ``attention`` is the blocks' kernel (:class:`Attention`).
+    ``drop_path``: the last block's stochastic-depth rate, rising linearly from 0 at the first (VideoMAE
+    fine-tuning; 0 in pretraining).
     """
 
     mean = IMAGENET_MEAN
@@ -161,13 +174,14 @@ class VideoViT(nn.Module):
 
     def __init__(self, width: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
                  patch_size: int = 16, tubelet_size: int = 2, in_channels: int = 3, fc_norm: bool = False,
-                 attention: str = "sdpa"):
+                 attention: str = "sdpa", drop_path: float = 0.0):
         super().__init__()
         self.width = width
         self.patch_size = patch_size
         self.tubelet_size = tubelet_size
         self.patch_embed = PatchEmbed(width, patch_size, tubelet_size, in_channels)
-        self.blocks = nn.ModuleList(Block(width, num_heads, mlp_ratio, attention) for _ in range(depth))
+        rates = [drop_path * i / (depth - 1) for i in range(depth)] if depth > 1 else [drop_path] * depth
+        self.blocks = nn.ModuleList(Block(width, num_heads, mlp_ratio, attention, rate) for rate in rates)
         if fc_norm:
             self.norm = nn.Identity()
             self.fc_norm = nn.LayerNorm(width, eps=1e-6)

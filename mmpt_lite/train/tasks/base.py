@@ -6,9 +6,38 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import nn
 
 from mmpt_lite.data.batch import ClipBatch
+
+
+class StepSeeds:
+    """Per-micro-batch randomness drawn on the training side (masks, mixup): one generator per draw, seeded by
+    (train.seed, rank, count). The count is part of the task's state in ``train_state.pt``, so a resumed run
+    draws what an uninterrupted run would have drawn."""
+
+    def __init__(self, seed: int, rank: int):
+        self.seed, self.rank, self.drawn = seed, rank, 0
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def next_generator(self, device: torch.device) -> torch.Generator:
+        generator = self._generators.setdefault(device, torch.Generator(device))
+        state = np.random.SeedSequence([self.seed, self.rank, self.drawn]).generate_state(1, np.uint64)[0]
+        self.drawn += 1
+        return generator.manual_seed(int(state))
+
+    def next_numpy(self) -> np.random.Generator:
+        """The next draw as a numpy Generator (host-side choices such as a mixing coefficient)."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.rank, self.drawn]))
+        self.drawn += 1
+        return rng
+
+    def state_dict(self) -> dict:
+        return {"drawn": self.drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.drawn = int(state["drawn"])
 
 
 class Task:

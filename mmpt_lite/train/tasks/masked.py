@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -23,39 +22,16 @@ from mmpt_lite.data.video_sets import prepare_mae_data as prepare  # noqa: F401 
 from mmpt_lite.models.flops import TRAIN_FLOPS_PER_MAC, mae_macs_per_video, param_count
 from mmpt_lite.models.mae import VideoMAEPretrainer, build_mae_pretrainer
 from mmpt_lite.models.preprocess import VideoInput
-from mmpt_lite.train.tasks.base import Components, Task
+from mmpt_lite.train.tasks.base import Components, StepSeeds, Task
 
 log = logging.getLogger("mmpt_lite")
 
 
-class MaskSeeds:
-    """Where each micro-batch's masks come from: a device generator seeded by (train.seed, rank, count).
-
-    The count is the masked task's state in ``train_state.pt``, so a resumed run draws the masks an
-    uninterrupted run would have drawn.
-    """
-
-    def __init__(self, seed: int, rank: int):
-        self.seed, self.rank, self.drawn = seed, rank, 0
-        self._generators: dict[torch.device, torch.Generator] = {}
-
-    def next_generator(self, device: torch.device) -> torch.Generator:
-        generator = self._generators.setdefault(device, torch.Generator(device))
-        state = np.random.SeedSequence([self.seed, self.rank, self.drawn]).generate_state(1, np.uint64)[0]
-        self.drawn += 1
-        return generator.manual_seed(int(state))
-
-    def state_dict(self) -> dict:
-        return {"drawn": self.drawn}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.drawn = int(state["drawn"])
-
-
 class MaskedTask(Task):
-    """uint8 batch -> normalised video on the device -> masks from ``seeds`` -> the model's loss."""
+    """uint8 batch -> normalised video on the device -> masks from ``seeds`` (one generator per micro-batch, so a
+    resumed run draws the masks an uninterrupted run would have drawn) -> the model's loss."""
 
-    def __init__(self, model: VideoMAEPretrainer, seeds: MaskSeeds, device: torch.device):
+    def __init__(self, model: VideoMAEPretrainer, seeds: StepSeeds, device: torch.device):
         self.seeds, self.device = seeds, device
         self.video_input = VideoInput(model, device)
 
@@ -87,5 +63,5 @@ def build(cfg: RunConfig, prepared: PreparedData, device: torch.device) -> Compo
              cfg.mae.masking, param_count(model) / 1e6, macs / 1e9)
     dataset = MaeClipDataset(prepared.video_store, num_frames=cfg.data.num_frames, stride=cfg.mae.sampling_stride,
                              video_size=cfg.data.video_size)
-    task = MaskedTask(model, MaskSeeds(cfg.train.seed, mdist.get_rank()), device)
+    task = MaskedTask(model, StepSeeds(cfg.train.seed, mdist.get_rank()), device)
     return Components(model=model, dataset=dataset, task=task, flops_per_video=TRAIN_FLOPS_PER_MAC * macs)
