@@ -2,6 +2,7 @@
 the command-line plumbing for a model without a text tower."""
 
 import argparse
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -92,8 +93,8 @@ def test_protocol_presets_and_flags():
     args = cli.build_parser("classify").parse_args(["--dataset", "ssv2", "--num_crops", "1"])
     protocol, source = ClassifyEval.protocol_from_args(args)
     assert protocol == ClassifyProtocol("ssv2", "segments", 16, 1, 2, 1, 224) and source == "ssv2 preset"
-    assert ClassifyEval.synthetic_folder_for(args) == "ssv2"
-    assert ClassifyEval.default_list_path(Path("/d/ssv2"), args) == Path("/d/ssv2/validation.json")
+    assert ClassifyEval.default_video_root(None, protocol).name == "ssv2"
+    assert ClassifyEval.default_list_path(Path("/d/ssv2"), protocol) == Path("/d/ssv2/validation.json")
     with pytest.raises(ValueError, match="--fps does not apply"):
         ClassifyEval.protocol_from_args(cli.build_parser("classify").parse_args(["--fps", "5"]))
 
@@ -138,3 +139,42 @@ def test_ssv2_segments_evaluation(sets):
     assert record["num_evaluated"] == 3 and record["num_unreadable"] == 0 and record["num_views"] == 2
     with pytest.raises(ValueError, match="gives 5 logits, the set has 3 classes"):
         evaluator.evaluate(TinyClassifier(5), EvalRuntime(batch_size=3))
+
+
+def classify_run(tmp_path: Path, sets: Path) -> Path:
+    """A classification run folder (vit_tiny, 3 classes) as the classify task saves it."""
+    from mmpt_lite.checkpoint import save_checkpoint
+    from mmpt_lite.config import RunConfig
+    from mmpt_lite.models.classifier import build_classifier
+
+    cfg = RunConfig()
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, task="classify"),
+        data=dataclasses.replace(cfg.data, root=str(sets), num_frames=4, video_size=32),
+        model=dataclasses.replace(cfg.model, video=dataclasses.replace(cfg.model.video, preset="vit_tiny")),
+        classify=dataclasses.replace(cfg.classify, sampling_stride=2, test_clips=2, test_crops=1))
+    torch.manual_seed(1)
+    model = build_classifier("vit_tiny", 3)
+    save_checkpoint(tmp_path / "run", 5, model_state=model.state_dict(), train_state={}, cfg=cfg)
+    return tmp_path / "run"
+
+
+def test_eval_classify_loads_a_classification_run_and_takes_its_views(sets, tmp_path, capsys):
+    run = classify_run(tmp_path, sets)
+    out = tmp_path / "res.json"
+    status = cli.main("classify", ["--pretrain_cnn_path", str(run), "--compare_random_init", "--no_cache", "--quiet",
+                                   "--output", str(out)])
+    assert status == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result["protocol"]["defaults_from"] == "run config classify section"
+    assert (result["protocol"]["num_clips"], result["protocol"]["num_crops"], result["protocol"]["test_size"],
+            result["protocol"]["stride"], result["protocol"]["num_frames"]) == (2, 1, 32, 2, 4)
+    assert result["eval_list"] == str(sets / "kinetics" / "val.txt")
+    models = result["models"]
+    assert models["checkpoint"]["checkpoint"]["kind"] == "mmpt_lite_classify"
+    assert models["random init"]["checkpoint"]["kind"] == "random_init"
+    assert all(m["num_evaluated"] == 3 and m["num_unreadable"] == 1 for m in models.values())
+    assert (tmp_path / "res_confusion_checkpoint.png").is_file()
+    printed = capsys.readouterr().out
+    assert "accuracy over 3 of 4 videos" in printed and "broken.mp4" in printed
+    assert cli.main("classify", ["--pretrain_cnn_path", str(run), "--fps", "5"]) == 2

@@ -307,7 +307,7 @@ class ClassifyClipDataset(Dataset):
         classify_set: the training list (:func:`read_classify_set`); each listed video must be in the shards or
             among the ones the builder skipped as unreadable (those are left out and listed in ``skipped``).
         sampling: "dense" (``num_frames`` frames ``stride`` apart) or "segments" (TSN: ``num_frames`` segments).
-        spatial: "multiscale" (VideoMAE) or "short_side_jitter" (SlowFast / X3D, short side in ``jitter``).
+        spatial: "multiscale" (VideoMAE) or "jitter" / "short_side_jitter" (SlowFast / X3D, short side in ``jitter``).
         flip: allow horizontal flips (must be False for SSv2).
     Item ``(index, seed)`` -> {"video": uint8 [T, size, size, 3], "video_index": int64, "label": int64}.
     """
@@ -317,8 +317,8 @@ class ClassifyClipDataset(Dataset):
                  flip: bool = True, jitter: Sequence[int] = (256, 320)):
         if sampling not in ("dense", "segments"):
             raise ValueError(f"sampling must be 'dense' or 'segments', got {sampling!r}")
-        if spatial not in ("multiscale", "short_side_jitter"):
-            raise ValueError(f"spatial must be 'multiscale' or 'short_side_jitter', got {spatial!r}")
+        if spatial not in ("multiscale", "jitter", "short_side_jitter"):  # classify.spatial says "jitter"
+            raise ValueError(f"spatial must be 'multiscale' or 'jitter' (short-side jitter), got {spatial!r}")
         if flip and classify_set.name == "ssv2":
             raise ValueError("ssv2 must not be flipped: its labels name directions (left/right)")
         self.videos, self.sampling, self.spatial, self.flip = video_store, sampling, spatial, flip

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmpt_lite.config import RunConfig, resolve_path
 from mmpt_lite.data.classify_sets import (
     DATASETS,
     ClassifySet,
@@ -81,6 +82,15 @@ def classify_protocol(name: str = "kinetics_vit", **overrides) -> ClassifyProtoc
         if getattr(protocol, flag) < 1:
             raise ValueError(f"--{flag} must be at least 1, got {getattr(protocol, flag)}")
     return protocol
+
+
+def protocol_from_run_config(cfg: RunConfig) -> ClassifyProtocol:
+    """The test views of a classification run: its ``classify`` section (test_clips × test_crops at test_size,
+    0 = data.video_size) with the training clip's frames (``data.num_frames``) and stride."""
+    c = cfg.classify
+    return classify_protocol(DEFAULT_PROTOCOL[c.dataset], dataset=c.dataset, sampling=c.resolved_sampling,
+                             num_frames=cfg.data.num_frames, stride=c.sampling_stride, num_clips=c.test_clips,
+                             num_crops=c.test_crops, test_size=c.test_size or cfg.data.video_size)
 
 
 def temporal_views(total: int, protocol: ClassifyProtocol) -> np.ndarray:
@@ -161,6 +171,12 @@ class ClassifyEval(Evaluator):
         return cls.protocol_type()
 
     @classmethod
+    def from_run_config(cls, cfg: RunConfig, video_root: str | Path, list_path: str | Path | None = None,
+                        **options) -> ClassifyEval:
+        """The evaluator with the views of the run's ``classify`` section (in-training evaluation)."""
+        return cls(protocol_from_run_config(cfg), video_root, list_path, **options)
+
+    @classmethod
     def add_arguments(cls, parser) -> None:
         parser.add_argument("--dataset", choices=DATASETS, help="set format (default: the --protocol preset's)")
         parser.add_argument("--protocol", choices=sorted(PROTOCOLS),
@@ -172,27 +188,34 @@ class ClassifyEval(Evaluator):
         parser.add_argument("--test_size", type=int, help="short side after resizing = crop side")
 
     @classmethod
-    def _preset(cls, args) -> str:
-        return args.protocol or DEFAULT_PROTOCOL[args.dataset or "kinetics"]
-
-    @classmethod
-    def protocol_from_args(cls, args, e=None) -> tuple[ClassifyProtocol, str]:
+    def protocol_from_args(cls, args, run_cfg: RunConfig | None = None) -> tuple[ClassifyProtocol, str]:
+        """Defaults from, in order: --protocol's preset, a classification run's ``classify`` section (--config or
+        the checkpoint's), the --dataset's preset (kinetics_vit / ssv2); then each flag given replaces its field."""
         for flag in ("num_windows_test", "fps", "video_size"):
             if getattr(args, flag, None) is not None:
                 raise ValueError(f"--{flag} does not apply to classify: use --num_clips, --num_crops, --test_size")
-        preset = cls._preset(args)
-        protocol = classify_protocol(preset, dataset=args.dataset, sampling=args.sampling, num_frames=args.num_frames,
-                                     stride=args.stride, num_clips=args.num_clips, num_crops=args.num_crops,
-                                     test_size=args.test_size)
-        return protocol, f"{preset} preset"
+        if args.protocol is None and run_cfg is not None and run_cfg.train.task == "classify":
+            base, source = protocol_from_run_config(run_cfg), "run config classify section"
+        else:
+            preset = args.protocol or DEFAULT_PROTOCOL[args.dataset or "kinetics"]
+            base, source = PROTOCOLS[preset], f"{preset} preset"
+        flags = {name: getattr(args, name) for name in ("dataset", "sampling", "num_frames", "stride", "num_clips",
+                                                        "num_crops", "test_size")}
+        protocol = classify_protocol(DEFAULT_PROTOCOL[base.dataset], **{
+            **base.__dict__, **{name: value for name, value in flags.items() if value is not None}})
+        return protocol, source
 
     @classmethod
-    def synthetic_folder_for(cls, args) -> str:
-        return PROTOCOLS[cls._preset(args)].dataset if args.dataset is None else args.dataset
+    def default_video_root(cls, run_cfg: RunConfig | None, protocol: ClassifyProtocol) -> Path:
+        """A classification run's ``classify.root`` (for its own dataset), else ``<data.root>/<dataset>``."""
+        cfg = run_cfg or RunConfig()
+        if cfg.train.task == "classify" and cfg.classify.root and cfg.classify.dataset == protocol.dataset:
+            return resolve_path(cfg.classify.root)
+        return resolve_path(cfg.data.root) / protocol.dataset
 
     @classmethod
-    def default_list_path(cls, video_root: Path, args) -> Path:
-        return default_list_path(video_root, cls.synthetic_folder_for(args), "val")
+    def default_list_path(cls, video_root: Path, protocol: ClassifyProtocol) -> Path:
+        return default_list_path(video_root, protocol.dataset, "val")
 
     # --------------------------------------------------------------- evaluation
     def read(self) -> ClassifySet:

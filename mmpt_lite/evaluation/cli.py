@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mmpt_lite.checkpoint import CheckpointFormatError
-from mmpt_lite.config import ConfigError, RunConfig, load_config, resolve_path
+from mmpt_lite.config import ConfigError, RunConfig, load_config
 from mmpt_lite.evaluation import report
 from mmpt_lite.evaluation.cache import DEFAULT_CACHE_DIR, FeatureCache
 from mmpt_lite.evaluation.checkpoints import (
@@ -113,7 +113,7 @@ def _protocol(evaluator: type[Evaluator], args, run_cfg: RunConfig | None):
     """(protocol, batch_size, where the defaults came from)."""
     eval_cfg = run_cfg.eval if run_cfg is not None else None
     try:  # the evaluator's own flags and checks (windowed protocols: runtime.PROTOCOL_FLAGS)
-        protocol, source = evaluator.protocol_from_args(args, eval_cfg)
+        protocol, source = evaluator.protocol_from_args(args, run_cfg)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     batch_size = eval_cfg.batch_size if eval_cfg is not None else EvalRuntime.batch_size
@@ -138,11 +138,11 @@ def make_plan(task: str, args) -> Plan:
         if not video_root.is_dir():
             raise UsageError(f"--eval_video_root: {video_root} is not a folder")
     else:
-        video_root = resolve_path((run_cfg or RunConfig()).data.root) / evaluator.synthetic_folder_for(args)
+        video_root = evaluator.default_video_root(run_cfg, protocol)
         if not video_root.is_dir():
             raise UsageError(f"no --eval_video_root and no synthetic eval set at {video_root} (the pretraining run "
                              "generates it: python locallaunch.py projects/how2_pretrain.yaml)")
-    list_path = Path(args.eval_csv).expanduser() if args.eval_csv else evaluator.default_list_path(video_root, args)
+    list_path = Path(args.eval_csv).expanduser() if args.eval_csv else evaluator.default_list_path(video_root, protocol)
     if not (list_path.is_dir() if evaluator.list_is_folder else list_path.is_file()):
         raise UsageError(f"--eval_csv: {list_path} not found")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from mmpt_lite.config import DataConfig, EvalConfig, RunConfig
+from mmpt_lite.config import DataConfig, EvalConfig, RunConfig, resolve_path
 from mmpt_lite.evaluation.cache import FeatureCache, cache_key
 from mmpt_lite.evaluation.features import VideoRequest, WindowFeatures, extract_window_features
 
@@ -98,9 +98,10 @@ class Evaluator:
                                  fps=getattr(e, cls.fps_setting), video_size=e.video_size)
 
     @classmethod
-    def protocol_from_args(cls, args, e: EvalConfig | None) -> tuple[object, str]:
-        """(protocol, where its defaults came from) for the command line: ``e`` (a run config's eval section, or
-        None) overridden by the windowed-protocol flags; ValueError names a bad flag."""
+    def protocol_from_args(cls, args, run_cfg: RunConfig | None) -> tuple[object, str]:
+        """(protocol, where its defaults came from) for the command line: ``run_cfg``'s eval section (or the
+        published protocol) overridden by the windowed-protocol flags; ValueError names a bad flag."""
+        e = run_cfg.eval if run_cfg is not None else None
         protocol = cls.protocol_from_config(e)
         source = "run config eval section" if e is not None else "published MIL-NCE protocol"
         protocol = dataclasses.replace(protocol, **{field: getattr(args, flag) for flag, field in PROTOCOL_FLAGS.items()
@@ -115,12 +116,12 @@ class Evaluator:
         return protocol, source
 
     @classmethod
-    def synthetic_folder_for(cls, args) -> str:
-        """The eval set's folder under ``data.root`` when no --eval_video_root is given."""
-        return cls.synthetic_folder
+    def default_video_root(cls, run_cfg: RunConfig | None, protocol) -> Path:
+        """The eval set's folder when no --eval_video_root is given: ``synthetic_folder`` under ``data.root``."""
+        return resolve_path((run_cfg or RunConfig()).data.root) / cls.synthetic_folder
 
     @classmethod
-    def default_list_path(cls, video_root: Path, args) -> Path:
+    def default_list_path(cls, video_root: Path, protocol) -> Path:
         """The list file (or folder) read when no --eval_csv is given."""
         return video_root / cls.default_list
 
