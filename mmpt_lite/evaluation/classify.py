@@ -267,7 +267,7 @@ class ClassifyEval(Evaluator):
             suffix = "" if len(records) == 1 else "_" + re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
             path = base.with_name(f"{base.stem}_confusion{suffix}.png")
             report.plot_confusion(path, np.asarray(record["confusion_matrix"]), record["classes"],
-                                  title=f"{self.protocol.dataset} confusion, {name} ({record['accuracy_over']})")
+                                  title=f"{self.protocol.dataset} confusion, {name}\n({record['accuracy_over']})")
             paths.append(path)
         return paths
 

@@ -83,7 +83,7 @@ def plot_confusion(path: str | Path, matrix: np.ndarray, classes: list[str], *, 
     matrix = np.asarray(matrix, dtype=np.float64)
     rows = matrix.sum(axis=1, keepdims=True)
     share = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
-    side = min(12.0, 3.0 + 0.25 * len(classes))
+    side = min(12.0, max(5.0, 3.0 + 0.25 * len(classes)))
     fig, ax = plt.subplots(figsize=(side, side), dpi=120)
     image = ax.imshow(100 * share, cmap="Blues", vmin=0, vmax=100)
     if len(classes) <= 40:
