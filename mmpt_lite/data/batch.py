@@ -19,6 +19,7 @@ class ClipBatch:
     text: {name: int64 [B, K, L]}, K tokenized candidate captions per clip; None for video-only tasks
     negative_text: {name: int64 [B, M, L]}, M hard-negative captions per clip; None without negatives
     negative_mask: bool [B, M], False where a negative row is padding; None without negatives
+    label: int64 [B], each clip's class (classification sets); None otherwise
     """
 
     video: torch.Tensor
@@ -26,12 +27,14 @@ class ClipBatch:
     text: Tokens | None = None
     negative_text: Tokens | None = None
     negative_mask: torch.Tensor | None = None
+    label: torch.Tensor | None = None
 
     def _apply(self, fn) -> ClipBatch:
         def tokens(t: Tokens | None) -> Tokens | None:
             return None if t is None else {k: fn(v) for k, v in t.items()}
         return ClipBatch(fn(self.video), fn(self.video_index), tokens(self.text), tokens(self.negative_text),
-                         None if self.negative_mask is None else fn(self.negative_mask))
+                         None if self.negative_mask is None else fn(self.negative_mask),
+                         None if self.label is None else fn(self.label))
 
     def to(self, device: torch.device, non_blocking: bool = True) -> ClipBatch:
         return self._apply(lambda t: t.to(device, non_blocking=non_blocking))
@@ -49,8 +52,8 @@ class ClipBatch:
 
 
 def collate(samples: list[dict]) -> ClipBatch:
-    """Stack samples ({"video", "video_index"}, optionally "text", "negative_text", "negative_mask"; the
-    shapes above without B)."""
+    """Stack samples ({"video", "video_index"}, optionally "text", "negative_text", "negative_mask", "label";
+    the shapes above without B)."""
     stack = torch.stack
     first = samples[0]
     batch = ClipBatch(stack([s["video"] for s in samples]), stack([s["video_index"] for s in samples]))
@@ -59,4 +62,6 @@ def collate(samples: list[dict]) -> ClipBatch:
     if "negative_text" in first:
         batch.negative_text = {k: torch.stack([s["negative_text"][k] for s in samples]) for k in first["negative_text"]}
         batch.negative_mask = torch.stack([s["negative_mask"] for s in samples])
+    if first.get("label") is not None:
+        batch.label = stack([s["label"] for s in samples])
     return batch

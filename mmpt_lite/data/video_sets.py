@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from mmpt_lite.config import RunConfig, resolve_path
 from mmpt_lite.data.aligners import apply_crop, mae_frame_indices, multiscale_crop
+from mmpt_lite.data.classify_sets import split_list_line
 from mmpt_lite.data.prepare import PreparedData, ensure_corpus, ensure_corpus_shards, ensure_shards, storage_short_side
 from mmpt_lite.data.shards import ShardedVideoStore
 from mmpt_lite.data.video import resize_rgb
@@ -46,7 +47,8 @@ def train_video_paths(set_root: Path, dataset: str) -> list[str]:
     if dataset == "ssv2":
         return [f"videos/{entry['id']}.webm" for entry in json.loads(list_path.read_text())]
     lines = (line.strip() for line in list_path.read_text().splitlines())
-    return [line.rsplit(" ", 1)[0] for line in lines if line]  # "path label"
+    # "path label" (or SlowFast's "path,label"), cut at the last separator as the classification reader does
+    return [(split_list_line(line) or (line, ""))[0] for line in lines if line]
 
 
 def ensure_set_shards(cfg: RunConfig, root: Path, dataset: str, build: bool, *, set_root: Path | None = None,

@@ -1,10 +1,12 @@
-"""Evaluation: zero-shot MSR-VTT / YouCook2 retrieval and the HMDB-51 linear probe (MIL-NCE protocols).
+"""Evaluation: zero-shot MSR-VTT / YouCook2 retrieval and the HMDB-51 linear probe (MIL-NCE protocols), and the
+multi-view Kinetics / SSv2 accuracy of fine-tuned classifiers.
 
 Modules, bottom up: ``metrics`` (ranks, R@k, MedR, MeanR), ``windows`` (where windows start), ``cache``
 (features keyed by checkpoint, protocol, lists), ``features`` (protocols, decode workers, batched embedding),
 ``runtime`` (``EvalRuntime``; the ``Evaluator`` base, which extracts and caches features), ``zeroshot``
 (``MsrvttRetrieval``, ``YoucookRetrieval``), ``linear_probe`` (``HmdbProbe``: split files, LinearSVC),
-``checkpoints`` (format detection and loading), ``report`` (table, JSON, plot), ``cli`` (the eval/ scripts,
+``classify`` (``ClassifyEval``: clips × crops views, softmax averaged per video), ``checkpoints`` (format detection
+and loading), ``report`` (table, JSON, plot), ``cli`` (the eval/ scripts,
 via ``EVALUATORS``).
 
 In training: ``MsrvttRetrieval.from_run_config(cfg, video_root, csv).run(model, EvalRuntime.for_training(cfg,

@@ -31,6 +31,7 @@ from mmpt_lite.models.s3d import uses_space_to_depth
 from mmpt_lite.models.text import load_word2vec, load_word_dictionary
 
 MMPT_MAE_FORMAT = "mmpt_lite_mae"  # a masked-pretraining run (train.task: mae): a video encoder only
+MMPT_CLASSIFY_FORMAT = "mmpt_lite_classify"  # a fine-tuning run (train.task: classify): a VideoClassifier
 S3D_OFFICIAL = "s3d_official"
 MILNCE_REPO = "milnce_repo"
 # Entries every S3D checkpoint carries (official names): the stem conv, the video head, the text branch.
@@ -110,7 +111,7 @@ class LoadedModel:
     """A model ready for evaluation and what identifies it.
 
     Attributes:
-        model: the VideoTextModel (on the CPU, eval mode).
+        model: the VideoTextModel, or the VideoClassifier of a classification run (on the CPU, eval mode).
         kind: the checkpoint format, or ``random_init`` (same architecture, weights not loaded).
         checkpoint_id: sha256 of the weights file; for random init a hash of the architecture and seed.
         config: the mmpt_lite run config (None for S3D files).
@@ -151,6 +152,8 @@ def _load_mmpt(source: CheckpointSource, word2vec: str | None, max_words: int | 
         cfg.model, video=dataclasses.replace(cfg.model.video, attention="sdpa")))
     if cfg.train.task == "mae":
         return _load_mae_encoder(source, cfg, max_words, random_init, seed)
+    if cfg.train.task == "classify":
+        return _load_classifier(source, cfg, random_init, seed)
     if word2vec:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(
             cfg.model, text=dataclasses.replace(cfg.model.text, path=str(word2vec))))
@@ -182,6 +185,35 @@ def _load_mae_encoder(source: CheckpointSource, cfg: RunConfig, max_words: int |
     return dataclasses.replace(baseline, kind=MMPT_MAE_FORMAT, checkpoint_id=source.sha256(),
                                description=f"mmpt_lite masked-pretraining encoder {cfg.model.video.preset} from "
                                f"{source.folder} (video tower only)")
+
+
+def classifier_num_classes(state: dict[str, torch.Tensor], path: Path) -> int:
+    """Classes of a classification run's weights: rows of its head (``head.weight``, or X3D's own
+    ``video_tower.head.projection.weight``)."""
+    for key in ("head.weight", "video_tower.head.projection.weight"):
+        if key in state:
+            return int(state[key].shape[0])
+    raise CheckpointFormatError(f"{path}: a classification run's weights without a class head "
+                                f"(no head.weight; first keys: {list(state)[:6]})")
+
+
+def _load_classifier(source: CheckpointSource, cfg: RunConfig, random_init: bool, seed: int | None) -> LoadedModel:
+    """A fine-tuning run: ``build_classifier`` of its preset with as many classes as its head has rows. Dropout and
+    stochastic depth are left out: they change nothing in eval mode and hold no weights."""
+    from mmpt_lite.models.classifier import build_classifier
+
+    state = load_file(str(source.weights))
+    num_classes = classifier_num_classes(state, source.weights)
+    preset = cfg.model.video.preset
+    seed = cfg.train.seed if seed is None else seed
+    torch.manual_seed(seed)
+    model = build_classifier(preset, num_classes, attention="sdpa").eval()
+    what = f"{preset} classifier ({num_classes} classes, {cfg.classify.dataset})"
+    if random_init:
+        arch = cache_key({"model": dataclasses.asdict(cfg.model), "classes": num_classes, "seed": seed})
+        return LoadedModel(model, RANDOM_INIT, f"{RANDOM_INIT}-{arch}", cfg, f"{what} at random init (seed {seed})")
+    _load_weights(model, state, source.weights)
+    return LoadedModel(model, MMPT_CLASSIFY_FORMAT, source.sha256(), cfg, f"mmpt_lite {what} from {source.folder}")
 
 
 def _load_s3d(source: CheckpointSource, dict_path: str | None, max_words: int | None, random_init: bool,

@@ -1,4 +1,4 @@
-"""The command line behind eval/eval_msrvtt.py, eval/eval_youcook.py and eval/eval_hmdb.py.
+"""The command line behind eval/eval_msrvtt.py, eval/eval_youcook.py, eval/eval_hmdb.py and eval/eval_classify.py.
 
 Flags follow MIL-NCE's (``--pretrain_cnn_path``, ``--eval_video_root``, ``--num_windows_test``, …).
 Protocol values come from, in order: the flag, ``--config``'s ``eval`` section, the mmpt_lite
@@ -12,7 +12,6 @@ The task-specific parts (reader, protocol, flags, metrics, report hooks) are the
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mmpt_lite.checkpoint import CheckpointFormatError
-from mmpt_lite.config import ConfigError, RunConfig, load_config, resolve_path
+from mmpt_lite.config import ConfigError, RunConfig, load_config
 from mmpt_lite.evaluation import report
 from mmpt_lite.evaluation.cache import DEFAULT_CACHE_DIR, FeatureCache
 from mmpt_lite.evaluation.checkpoints import (
@@ -30,14 +29,13 @@ from mmpt_lite.evaluation.checkpoints import (
     load_model,
     random_init_model,
 )
+from mmpt_lite.evaluation.classify import ClassifyEval
 from mmpt_lite.evaluation.linear_probe import HmdbProbe
 from mmpt_lite.evaluation.runtime import DECODERS, EvalRuntime, Evaluator
 from mmpt_lite.evaluation.zeroshot import MsrvttRetrieval, YoucookRetrieval
 
-EVALUATORS: dict[str, type[Evaluator]] = {"msrvtt": MsrvttRetrieval, "youcook": YoucookRetrieval, "hmdb": HmdbProbe}
-# flag -> protocol field, for the flags that override the protocol
-PROTOCOL_FLAGS = {"num_windows_test": "num_windows", "num_frames": "num_frames", "fps": "fps",
-                  "video_size": "video_size"}
+EVALUATORS: dict[str, type[Evaluator]] = {"msrvtt": MsrvttRetrieval, "youcook": YoucookRetrieval, "hmdb": HmdbProbe,
+                                          "classify": ClassifyEval}
 
 
 class UsageError(Exception):
@@ -114,19 +112,14 @@ def _load_models(args) -> tuple[dict[str, LoadedModel], RunConfig | None]:
 def _protocol(evaluator: type[Evaluator], args, run_cfg: RunConfig | None):
     """(protocol, batch_size, where the defaults came from)."""
     eval_cfg = run_cfg.eval if run_cfg is not None else None
-    protocol = evaluator.protocol_from_config(eval_cfg)
-    source = "run config eval section" if eval_cfg is not None else "published MIL-NCE protocol"
-    protocol = dataclasses.replace(protocol, **{field: getattr(args, flag) for flag, field in PROTOCOL_FLAGS.items()
-                                                if getattr(args, flag) is not None})
+    try:  # the evaluator's own flags and checks (windowed protocols: runtime.PROTOCOL_FLAGS)
+        protocol, source = evaluator.protocol_from_args(args, run_cfg)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     batch_size = eval_cfg.batch_size if eval_cfg is not None else EvalRuntime.batch_size
     batch_size = args.batch_size if args.batch_size is not None else batch_size
-    for flag, value in (("num_windows_test", protocol.num_windows), ("num_frames", protocol.num_frames),
-                        ("video_size", protocol.video_size), ("batch_size", batch_size)):
-        if value < 1:
-            raise UsageError(f"--{flag} must be at least 1, got {value}")
-    native = evaluator.protocol_from_config(None).fps == 0  # the published protocol decodes at native rate
-    if protocol.fps < 0 or (protocol.fps == 0 and not native):
-        raise UsageError(f"--fps must be positive{' (or 0 = native)' if native else ''}, got {protocol.fps}")
+    if batch_size < 1:
+        raise UsageError(f"--batch_size must be at least 1, got {batch_size}")
     if args.num_thread_reader < 0:
         raise UsageError(f"--num_thread_reader must be >= 0, got {args.num_thread_reader}")
     return protocol, batch_size, source
@@ -145,11 +138,11 @@ def make_plan(task: str, args) -> Plan:
         if not video_root.is_dir():
             raise UsageError(f"--eval_video_root: {video_root} is not a folder")
     else:
-        video_root = resolve_path((run_cfg or RunConfig()).data.root) / evaluator.synthetic_folder
+        video_root = evaluator.default_video_root(run_cfg, protocol)
         if not video_root.is_dir():
             raise UsageError(f"no --eval_video_root and no synthetic eval set at {video_root} (the pretraining run "
                              "generates it: python locallaunch.py projects/how2_pretrain.yaml)")
-    list_path = Path(args.eval_csv).expanduser() if args.eval_csv else video_root / evaluator.default_list
+    list_path = Path(args.eval_csv).expanduser() if args.eval_csv else evaluator.default_list_path(video_root, protocol)
     if not (list_path.is_dir() if evaluator.list_is_folder else list_path.is_file()):
         raise UsageError(f"--eval_csv: {list_path} not found")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -164,7 +157,8 @@ def make_plan(task: str, args) -> Plan:
 
 def _model_record(loaded: LoadedModel) -> dict:
     model = loaded.model
-    tokenizer = getattr(model.text_tower, "word_tokenizer", None)
+    # a classifier (or any video-only model) has no text tower
+    tokenizer = getattr(getattr(model, "text_tower", None), "word_tokenizer", None)
     return {"kind": loaded.kind, "sha256": loaded.checkpoint_id, "description": loaded.description,
             "normalisation": {"mean": list(model.video_mean), "std": list(model.video_std)},
             "max_words": getattr(tokenizer, "max_words", None)}
@@ -207,7 +201,7 @@ def run(plan: Plan, args) -> int:
               "eval_list": str(evaluator.list_path),
               "protocol": {**asdict(evaluator.protocol), "defaults_from": plan.protocol_source,
                            "batch_size": runtime.batch_size, "num_thread_reader": runtime.num_workers,
-                           "device": str(runtime.device), "crop": "centre min(w,h) square, resized",
+                           "device": str(runtime.device), "crop": evaluator.crop_description,
                            "scaling": "uint8/255, then the model's mean/std"},
               "models": records}
     plot_path = args.plot or (str(Path(args.output).with_suffix(".png")) if args.output else None)
@@ -217,6 +211,8 @@ def run(plan: Plan, args) -> int:
     if plot_path:
         report.plot_curves(plot_path, curves, title=evaluator.title.split(" (")[0], ylabel=evaluator.ylabel)
         print(f"wrote {plot_path}")
+        for path in evaluator.write_figures(plot_path, records):
+            print(f"wrote {path}")
     return 0
 
 

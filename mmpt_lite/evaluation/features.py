@@ -141,6 +141,16 @@ def probe_feature(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return outputs["video_tokens"].mean(dim=1)
 
 
+def select_output(outputs: dict[str, torch.Tensor], output: str) -> torch.Tensor:
+    """The model output ``extract_window_features`` keeps: "probe" is :func:`probe_feature`; any other name is that
+    entry of the model's outputs ("video_embedding" for retrieval, "logits" for classification)."""
+    if output == "probe":
+        return probe_feature(outputs)
+    if output not in outputs:
+        raise KeyError(f"the model returned {sorted(outputs)}, not {output!r}")
+    return outputs[output]
+
+
 def extract_window_features(model: torch.nn.Module, requests: Sequence[VideoRequest],
                             decode: Callable[[VideoRequest], np.ndarray], *, output: str, batch_size: int,
                             num_workers: int, device: torch.device, progress: bool = True,
@@ -149,7 +159,8 @@ def extract_window_features(model: torch.nn.Module, requests: Sequence[VideoRequ
 
     Args:
         decode: request -> uint8 [W, T, S, S, 3] (a picklable callable, e.g. a functools.partial).
-        output: "video_embedding" (retrieval) or "probe" (:func:`probe_feature`).
+        output: "video_embedding" (retrieval), "probe" (:func:`probe_feature`) or "logits" (classification):
+            see :func:`select_output`; the features are then float32 [N, W, D] of that output.
         batch_size: videos per forward pass (each contributes W windows).
     The model must already be on ``device`` and in eval mode; call under torch.no_grad().
     """
@@ -167,7 +178,7 @@ def extract_window_features(model: torch.nn.Module, requests: Sequence[VideoRequ
             if windows is not None:
                 num_videos, num_windows = windows.shape[:2]
                 outputs = model(video=video_input(windows.flatten(0, 1)))
-                values = outputs["video_embedding"] if output == "video_embedding" else probe_feature(outputs)
+                values = select_output(outputs, output)
                 values = values.float().reshape(num_videos, num_windows, -1).cpu().numpy()
                 if features is None:
                     features = np.zeros((len(requests), num_windows, values.shape[-1]), np.float32)

@@ -1,4 +1,4 @@
-"""Evaluation output: a printed table, a JSON file with every number, and a recall@K / top-K plot."""
+"""Evaluation output: a printed table, a JSON file with every number, a recall@K / top-K plot and a confusion matrix."""
 
 from __future__ import annotations
 
@@ -66,6 +66,32 @@ def plot_curves(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_confusion(path: str | Path, matrix: np.ndarray, classes: list[str], *, title: str) -> None:
+    """Row-normalised confusion matrix (int [C, C], rows = true class, columns = predicted) as a heat map;
+    class names on the axes up to 40 classes (beyond that they would not be legible)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on training nodes or CI
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(matrix, dtype=np.float64)
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
+    side = min(12.0, max(5.0, 3.0 + 0.25 * len(classes)))
+    fig, ax = plt.subplots(figsize=(side, side), dpi=120)
+    image = ax.imshow(100 * share, cmap="Blues", vmin=0, vmax=100)
+    if len(classes) <= 40:
+        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="% of the true class")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import typing
 from collections.abc import Callable, Sequence
@@ -12,11 +13,14 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from mmpt_lite.config import DataConfig, EvalConfig, RunConfig
+from mmpt_lite.config import DataConfig, EvalConfig, RunConfig, resolve_path
 from mmpt_lite.evaluation.cache import FeatureCache, cache_key
 from mmpt_lite.evaluation.features import VideoRequest, WindowFeatures, extract_window_features
 
 DECODERS = typing.get_args(typing.get_type_hints(DataConfig)["decoder"])
+# flag -> protocol field, for the command-line flags that override a windowed protocol
+PROTOCOL_FLAGS = {"num_windows_test": "num_windows", "num_frames": "num_frames", "fps": "fps",
+                  "video_size": "video_size"}
 
 
 @dataclass
@@ -71,7 +75,8 @@ class Evaluator:
     protocol_type: ClassVar[type]  # the protocol dataclass; its defaults are the published protocol
     fps_setting: ClassVar[str] = "fps"  # the EvalConfig field that sets the protocol's fps
     decode_windows: ClassVar[Callable]  # (request, protocol, backend) -> uint8 [W, T, S, S, 3]
-    feature_output: ClassVar[str]  # extract_window_features' output: "video_embedding" or "probe"
+    feature_output: ClassVar[str]  # extract_window_features' output: "video_embedding", "probe" or "logits"
+    crop_description: ClassVar[str] = "centre min(w,h) square, resized"  # for the JSON record's protocol
 
     def __init__(self, protocol, video_root: str | Path, list_path: str | Path | None = None):
         self.protocol, self.video_root = protocol, Path(video_root)
@@ -91,6 +96,38 @@ class Evaluator:
             return cls.protocol_type()
         return cls.protocol_type(num_windows=e.num_windows_test, num_frames=e.num_frames,
                                  fps=getattr(e, cls.fps_setting), video_size=e.video_size)
+
+    @classmethod
+    def protocol_from_args(cls, args, run_cfg: RunConfig | None) -> tuple[object, str]:
+        """(protocol, where its defaults came from) for the command line: ``run_cfg``'s eval section (or the
+        published protocol) overridden by the windowed-protocol flags; ValueError names a bad flag."""
+        e = run_cfg.eval if run_cfg is not None else None
+        protocol = cls.protocol_from_config(e)
+        source = "run config eval section" if e is not None else "published MIL-NCE protocol"
+        protocol = dataclasses.replace(protocol, **{field: getattr(args, flag) for flag, field in PROTOCOL_FLAGS.items()
+                                                    if getattr(args, flag) is not None})
+        for flag, value in (("num_windows_test", protocol.num_windows), ("num_frames", protocol.num_frames),
+                            ("video_size", protocol.video_size)):
+            if value < 1:
+                raise ValueError(f"--{flag} must be at least 1, got {value}")
+        native = cls.protocol_from_config(None).fps == 0  # the published protocol decodes at native rate
+        if protocol.fps < 0 or (protocol.fps == 0 and not native):
+            raise ValueError(f"--fps must be positive{' (or 0 = native)' if native else ''}, got {protocol.fps}")
+        return protocol, source
+
+    @classmethod
+    def default_video_root(cls, run_cfg: RunConfig | None, protocol) -> Path:
+        """The eval set's folder when no --eval_video_root is given: ``synthetic_folder`` under ``data.root``."""
+        return resolve_path((run_cfg or RunConfig()).data.root) / cls.synthetic_folder
+
+    @classmethod
+    def default_list_path(cls, video_root: Path, protocol) -> Path:
+        """The list file (or folder) read when no --eval_csv is given."""
+        return video_root / cls.default_list
+
+    def write_figures(self, base_path: str | Path, records: dict[str, dict]) -> list[Path]:
+        """Figures beyond the curve plot (e.g. a confusion matrix), written beside ``base_path``; their paths."""
+        return []
 
     @classmethod
     def add_arguments(cls, parser) -> None:
