@@ -74,3 +74,44 @@ def test_other_preset_is_an_error(tmp_path):
         init_video_tower(milnce_model("vit_tiny"), tmp_path)
     with pytest.raises(FileNotFoundError):
         init_video_tower(milnce_model(), tmp_path / "nowhere")
+
+
+def test_classifier_starts_from_each_source(tmp_path):
+    """A fine-tuning ViT (fc_norm, class head) from a masked-pretraining run, a MIL-NCE run's video tower and a
+    transformers VideoMAE file; an S3D classifier from the official checkpoint's top-level layout."""
+    from mmpt_lite.models.classifier import build_classifier
+
+    torch.manual_seed(0)
+    mae = build_mae_pretrainer("vit_tiny", MaeConfig())
+    save_checkpoint(tmp_path / "mae", 5, model_state=mae.state_dict(), train_state={"step": 5}, cfg=RunConfig())
+    encoder = {k.removeprefix("encoder."): v for k, v in mae.state_dict().items()
+               if k.startswith("encoder.") and not k.startswith("encoder.norm.")}
+    model = build_classifier("vit_tiny", 5)
+    report = init_video_tower(model, tmp_path / "mae")
+    assert_tower_equals(model, encoder)
+    # the fine-tuning ViT pools with fc_norm where the pretraining encoder normalises every token
+    assert "missing keys: fc_norm.weight, fc_norm.bias; unexpected keys: norm.bias, norm.weight" in report
+
+    milnce = milnce_model()
+    save_checkpoint(tmp_path / "milnce", 3, model_state=milnce.state_dict(), train_state={"step": 3}, cfg=RunConfig())
+    model = build_classifier("vit_tiny", 5)
+    report = init_video_tower(model, tmp_path / "milnce")
+    tower = {k: v for k, v in milnce.video_tower.state_dict().items() if not k.startswith("norm.")}
+    assert_tower_equals(model, tower)
+    assert "text_tower x" in report and "video_proj x 2" in report
+
+    hf = VideoMAEForPreTraining(VideoMAEConfig(**HF_TINY, use_mean_pooling=False))
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    assert "transformers VideoMAE layout" in init_video_tower(build_classifier("vit_tiny", 5),
+                                                              tmp_path / "model.safetensors")
+
+    s3d = build_model(ModelConfig(video=VideoTowerConfig(preset="s3d"), text=TextTowerConfig(word_dim=16,
+                                                                                               hidden_dim=32)),
+                      vocab=["shape", "moves"])
+    torch.save(s3d.state_dict(), tmp_path / "s3d_howto100m.pth")  # the official file's top-level key layout
+    model = build_classifier("s3d", 5)
+    report = init_video_tower(model, tmp_path / "s3d_howto100m.pth")
+    own = model.video_tower.state_dict()
+    assert own.keys() <= s3d.state_dict().keys()
+    assert all(torch.equal(own[k], s3d.state_dict()[k]) for k in own)
+    assert "missing keys: none" in report and "fc x 2" in report and "text_module x" in report

@@ -213,7 +213,7 @@ class ClassifyConfig:
     mixup_switch_prob: float = 0.5  # with both on: probability of cutmix rather than mixup
     # Multi-view testing on the set's validation list: clips (dense) or temporal views (segments) x crops of
     # test_size (0 = data.video_size), softmax averaged per video. VideoMAE Kinetics 5 x 3, SSv2 2 x 3; X3D 10 x 3.
-    test_clips: int = 5
+    test_clips: int = 0  # 0 = the dataset's published count: Kinetics 5, SSv2 2
     test_crops: int = 3
     test_size: int = 0
 
@@ -227,7 +227,9 @@ class ClassifyConfig:
         for name in ("mixup_prob", "mixup_switch_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"classify.{name}: {getattr(self, name)} must be a probability in [0, 1]")
-        for name in ("sampling_stride", "test_clips", "test_crops"):
+        if self.test_clips < 0:
+            raise ConfigError(f"classify.test_clips: {self.test_clips} must be >= 0 (0 = the dataset's published count)")
+        for name in ("sampling_stride", "test_crops"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"classify.{name}: {getattr(self, name)} must be at least 1")
         if self.test_size < 0:
@@ -238,6 +240,10 @@ class ClassifyConfig:
         if self.dataset == "ssv2" and self.flip:
             raise ConfigConflict("classify.flip: SSv2 labels name directions (left to right, clockwise), which a "
                                  "flip reverses; set classify.flip=false")
+
+    @property
+    def resolved_test_clips(self) -> int:
+        return self.test_clips or (2 if self.dataset == "ssv2" else 5)
 
     @property
     def resolved_sampling(self) -> str:

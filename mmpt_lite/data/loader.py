@@ -261,12 +261,19 @@ class TrainLoader:
                                  f"[steps, {self.world_size}, {self.batch_size}]")
             sampler = PlanBatchSampler(plan, rank=self.rank, epoch=epoch, seed=self.seed, start_step=start)
             loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                                collate_fn=self.collate_fn, pin_memory=self.pin_memory,
+                                collate_fn=self.collate_fn, pin_memory=self.pin_memory, generator=self._generator(),
                                 persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
             for step, batch in enumerate(loader, start=start):
                 self.position = DataPosition(epoch, step + 1)
                 yield batch
             self.position = DataPosition(epoch + 1, 0)
+
+    def _generator(self) -> torch.Generator:
+        """The DataLoader's own generator: without one, each new iterator draws its workers' base seed from the
+        global torch RNG, so a run resumed mid-epoch (a new iterator at another step) would shift the random
+        stream of everything else that uses it (dropout, stochastic depth). Samples never use it: their
+        randomness comes from the plan's seeds."""
+        return torch.Generator().manual_seed(self.seed)
 
     def _iter_shuffled(self) -> Iterator[ClipBatch]:
         """Shuffled epochs through one DataLoader that spans them, so the workers start once (a small
@@ -278,7 +285,7 @@ class TrainLoader:
                                          group=self.group)
         loader = DataLoader(_PositionTagged(self.dataset), batch_sampler=sampler, num_workers=self.num_workers,
                             collate_fn=functools.partial(_collate_tagged, self.collate_fn), pin_memory=self.pin_memory,
-                            prefetch_factor=4 if self.num_workers else None)
+                            generator=self._generator(), prefetch_factor=4 if self.num_workers else None)
         for batch, (epoch, step) in loader:
             self.position = DataPosition(epoch, step + 1)  # as the per-epoch path: (e, steps) == (e + 1, 0)
             yield batch

@@ -89,7 +89,7 @@ def protocol_from_run_config(cfg: RunConfig) -> ClassifyProtocol:
     0 = data.video_size) with the training clip's frames (``data.num_frames``) and stride."""
     c = cfg.classify
     return classify_protocol(DEFAULT_PROTOCOL[c.dataset], dataset=c.dataset, sampling=c.resolved_sampling,
-                             num_frames=cfg.data.num_frames, stride=c.sampling_stride, num_clips=c.test_clips,
+                             num_frames=cfg.data.num_frames, stride=c.sampling_stride, num_clips=c.resolved_test_clips,
                              num_crops=c.test_crops, test_size=c.test_size or cfg.data.video_size)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -106,7 +107,12 @@ def make_eval_fn(cfg: RunConfig, root, device: torch.device):
 
     evaluator = ClassifyEval.from_run_config(cfg, root)
     runtime = EvalRuntime.for_training(cfg, device)
-    return lambda model: evaluator.run(model, runtime)
+
+    def evaluate(model: nn.Module) -> dict:
+        record = evaluator.run(model, runtime)  # JSON-ready for eval_*.json: the confusion matrix as lists
+        record = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in record.items()}
+        return {**record, "chance_top1": 100.0 / record["num_classes"]}
+    return evaluate
 
 
 def build(cfg: RunConfig, prepared: PreparedData, device: torch.device) -> Components:
@@ -141,7 +147,7 @@ def final_table(init: dict | None, final: dict | None) -> str:
         return ""
     ref = final or init
     lines = [f"multi-view classification, {ref.get('dataset', '?')} validation list: "
-             f"{ref.get('num_evaluated', '?')} of {ref.get('num_videos', '?')} videos, "
+             f"{ref.get('num_evaluated', '?')} of {ref.get('num_listed', '?')} videos, "
              f"{ref.get('num_classes', '?')} classes (chance top-1 {ref.get('chance_top1', float('nan')):.2f}%)",
              f"{'model':<12}{'top-1':>8}{'top-5':>8}{'mean cls':>10}"]
     for name, r in rows:
