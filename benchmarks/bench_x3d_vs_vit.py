@@ -154,7 +154,8 @@ def main() -> None:
     print(f"ViT-S {vit_t}×{vit_h}×{vit_w} ({vit_t // TUBELET * (vit_h // PATCH) * (vit_w // PATCH)} tokens): "
           f"{vit_total / 1e9:.3f} G MACs/clip ({', '.join(f'{k} {v / 1e9:.3f}' for k, v in sorted(vit_ops.items()))}); "
           f"{sum(p.numel() for p in vit.parameters()) / 1e6:.2f} M params")
-    print(f"batch {args.batch}, SGD training steps, median over >= {args.seconds:.0f} s per row\n")
+    print(f"batch {args.batch}, SGD training steps, median over >= {args.seconds:.0f} s per row; "
+          f"load average before: {os.getloadavg()[0]:.1f}\n")
     print(f"{'model':<8}{'input':>14}{'precision':>10}{'memory':>15}{'steps':>6}{'clips/s':>9}{'GFLOP/s':>9}"
           f"{'X3D/ViT':>9}")
 
@@ -176,6 +177,9 @@ def main() -> None:
                   f"{'' if ratio is None else f'{ratio:.2f}x':>9}", flush=True)
             rows.append({"model": name, "input": shape, "precision": precision, "memory": memory, "steps": steps,
                          "clips_per_s": rate, "gflops": gflops, "x3d_over_vit": ratio})
+    load = os.getloadavg()[0]
+    if load > args.threads + 0.5:  # other processes shared these cores: absolute rates are low, ratios noisy
+        print(f"warning: load average {load:.1f} > {args.threads} threads -- the CPU was shared during timing")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"x3d_macs": x3d_macs, "vit_macs": vit_total, "vit_input": [vit_t, vit_h, vit_w],
