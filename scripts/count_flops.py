@@ -7,7 +7,8 @@
 ``train.task: mae``: the masked-pretraining model at ``data.num_frames``×``data.video_size``² with the
 configured masking (encoder on visible tokens, decoder, head on reconstructed tokens), plus the
 fine-tuning ViT of the same preset (all tokens, ``--finetune_classes``-way head) for reference.
-``train.task: milnce``: the video tower and its projection on one clip.
+``train.task: milnce``: the video tower and its projection on one clip. ``train.task: classify``: the
+fine-tuning classifier (``--num_classes``-way head, Kinetics-400 by default) on one training clip.
 Training FLOPs per video = 3·2·MACs (what the trainer's MFU uses).
 """
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from mmpt_lite.config import ConfigError, load_config
 from mmpt_lite.models.build import build_video_tower
+from mmpt_lite.models.classifier import build_classifier
 from mmpt_lite.models.flops import (
     TRAIN_FLOPS_PER_MAC,
     FinetuneViT,
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--finetune_classes", type=int, default=400, help="head of the reference fine-tuning ViT; 0 = skip")
+    p.add_argument("--num_classes", type=int, default=400, help="classes of a classify run's head (Kinetics-400)")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
@@ -78,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
             macs, by_op = video_macs_per_video(finetune, frames, size)
             print(row(f"fine-tuning ViT (all tokens, {args.finetune_classes}-class head)", param_count(finetune),
                       macs, by_op))
+    elif cfg.train.task == "classify":
+        model = build_classifier(preset, args.num_classes)
+        macs, by_op = video_macs_per_video(model, frames, size)
+        print(row(f"classifier ({args.num_classes} classes, one clip)", param_count(model), macs, by_op))
+        print(f"{'':<4}{param_count(model):,} parameters, {macs:,} multiply-adds")
     else:
         model = VideoEmbedding(build_video_tower(preset, cfg.model.embed_dim), cfg.model.embed_dim)
         macs, by_op = video_macs_per_video(model, frames, size)

@@ -134,3 +134,28 @@ def test_mixup_off_or_skipped_gives_smoothed_labels():
     for settings in (MixupSettings(mixup_alpha=0, cutmix_alpha=0), MixupSettings(prob=0.0)):
         mixed, targets, lam = mix_video_batch(video, labels, 3, settings, np.random.default_rng(0))
         assert mixed is video and lam == 1.0 and torch.equal(targets, smoothed_one_hot(labels, 3, 0.1))
+
+
+@pytest.mark.parametrize("preset, shape", [("vit_tiny", (2, 3, 4, 32, 32)), ("vit_tiny_p8", (2, 3, 4, 32, 32)),
+                                           ("s3d", (2, 3, 8, 64, 64)), ("s3d_nos2d", (2, 3, 8, 64, 64)),
+                                           ("x3d_s", (2, 3, 4, 64, 64))])
+def test_every_cpu_preset_trains(preset, shape):
+    """The classifier contract: logits [B, C], every parameter gets a finite gradient from one step."""
+    torch.manual_seed(0)
+    model = build_classifier(preset, 6).train()
+    out = model(torch.randn(*shape))
+    assert out["logits"].shape == (2, 6) and out["pooled"].ndim == 2
+    F.cross_entropy(out["logits"], torch.tensor([1, 4])).backward()
+    if preset == "x3d_s":  # zero-init final BN gammas give the residual branches exactly zero gradient at init
+        missing = [n for n, p in model.named_parameters() if p.grad is None]
+    else:
+        missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert len(model.video_mean) == 3 and len(model.video_std) == 3
+
+
+@pytest.mark.parametrize("preset, params", [("vit_s", 22_033_936), ("vit_b", 86_534_800), ("x3d_s", 3_794_322)])
+def test_published_finetuning_sizes(preset, params):
+    # VideoMAE's fine-tuning ViT-S/B (22.03M / 86.53M) and SlowFast's X3D-S, each with a 400-class head
+    assert sum(p.numel() for p in build_classifier(preset, 400).parameters()) == params

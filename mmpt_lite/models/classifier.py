@@ -24,15 +24,10 @@ from torch import nn
 from mmpt_lite.models.build import VIDEO_PRESETS
 from mmpt_lite.models.s3d import S3D
 from mmpt_lite.models.vit import VideoViT
-
-
-def _x3d_s(num_classes: int, dropout: float) -> nn.Module:
-    from mmpt_lite.models.x3d import x3d_s
-    return x3d_s(num_classes=num_classes, dropout=dropout)
-
+from mmpt_lite.models.x3d import x3d_s
 
 # Presets only a classifier has (a tower with its own head); the VIDEO_PRESETS are valid too.
-CLASSIFIER_PRESETS = {"x3d_s": _x3d_s}
+CLASSIFIER_PRESETS = {"x3d_s": x3d_s}
 
 
 def classifier_presets() -> list[str]:

@@ -17,10 +17,9 @@ Architecture facts this file reproduces (SlowFast ``X3D``, ``X3DTransform``, ``X
 * Every conv except the SE ones is bias-free; BN eps 1e-5, momentum 0.1. Init: kaiming normal
   (fan_out, ReLU) for convs, BN gamma 1 / beta 0, the projection normal(std 0.01) with zero bias.
 
-X3D-S (400 classes): 3,794,322 parameters; 1.963 G multiply-adds per 13×160² clip in conv + linear,
-the published 1.96 G. Today's fvcore (``mmpt_lite.models.flops.video_macs_per_video``) also counts
-eval-mode BatchNorm as 2 per element (+0.069 G, total 2.032 G); the published figure predates that
-handle. fvcore counts neither adaptive_avg_pool3d, the SE product, Swish nor the residual adds.
+X3D-S (400 classes): 3,794,322 parameters; 1.963 G multiply-adds per 13×160² clip (conv + linear, as
+``mmpt_lite.models.flops`` counts: BatchNorm folds into the convs at inference and is left out, as in the
+published 1.96 G). fvcore counts neither adaptive_avg_pool3d, the SE product, Swish nor the residual adds.
 Module names follow SlowFast's (``stem.conv_xy``, ``stages.N.blocks.M.a``/``b``/``c``/``se.fc1``,
 ``branch1``, ``head.conv_5``/``lin_5``/``projection``) with ``stages`` and ``blocks`` as lists.
 """
