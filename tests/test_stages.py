@@ -108,7 +108,7 @@ def test_sigkill_in_second_stage_then_rerun_matches_uninterrupted(reference, tmp
 
 @pytest.mark.parametrize("override,message", [
     ("stages.order=[masked,finetune]", "stages.order[1]: 'finetune' is not one of"),
-    ("stages.contrastive.optim.momentum=0.9", "stages.contrastive.optim.momentum: unknown key"),
+    ("stages.contrastive.optim.momentm=0.9", "stages.contrastive.optim.momentm: unknown key"),
     ("stages.masked.train.max_steps=many", "stages.masked.train.max_steps: expected int"),
     ("stages.order=[report,masked]", "stages.order: ['report', 'masked']: report comes last"),
 ])
