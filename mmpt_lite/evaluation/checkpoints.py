@@ -207,7 +207,7 @@ def _load_classifier(source: CheckpointSource, cfg: RunConfig, random_init: bool
     preset = cfg.model.video.preset
     seed = cfg.train.seed if seed is None else seed
     torch.manual_seed(seed)
-    model = build_classifier(preset, num_classes, attention="sdpa").eval()
+    model = build_classifier(preset, num_classes, attention="sdpa", pool=cfg.model.video.pool).eval()
     what = f"{preset} classifier ({num_classes} classes, {cfg.classify.dataset})"
     if random_init:
         arch = cache_key({"model": dataclasses.asdict(cfg.model), "classes": num_classes, "seed": seed})

@@ -42,8 +42,13 @@ class VideoClassifier(nn.Module):
     without a layer order.
     """
 
-    def __init__(self, video_tower: nn.Module, head: nn.Linear | None, dropout: float = 0.0):
+    def __init__(self, video_tower: nn.Module, head: nn.Linear | None, dropout: float = 0.0, pool: str = "mean"):
         super().__init__()
+        if pool not in ("mean", "max"):
+            raise ValueError(f"model.video.pool: {pool!r} is not one of mean, max")
+        if pool == "max" and not isinstance(video_tower, VideoViT):
+            raise ValueError(f"model.video.pool: 'max' pools ViT tokens; {type(video_tower).__name__} pools itself")
+        self.pool = pool
         self.video_tower = video_tower
         self.dropout = nn.Dropout(dropout)
         self.head = head
@@ -76,6 +81,8 @@ class VideoClassifier(nn.Module):
         if self.head is None:  # X3D: logits and its 2048-d feature come from its own head
             return {"logits": out["logits"], "pooled": out["pooled"]}
         pooled = out["pooled"]
+        if self.pool == "max":  # each channel's largest token, then fc_norm: a small object is not averaged away
+            pooled = self.video_tower.fc_norm(out["video_tokens"].amax(dim=1))
         return {"logits": self.head(self.dropout(pooled)), "pooled": pooled}
 
 
@@ -89,8 +96,11 @@ def _vit_head(width: int, num_classes: int) -> nn.Linear:
 
 
 def build_classifier(preset: str, num_classes: int, *, drop_path: float = 0.0, dropout: float = 0.0,
-                     attention: str = "sdpa") -> VideoClassifier:
-    """The fine-tuning network of ``preset`` with a ``num_classes``-way head; ValueError listing the valid names."""
+                     attention: str = "sdpa", pool: str = "mean") -> VideoClassifier:
+    """The fine-tuning network of ``preset`` with a ``num_classes``-way head; ValueError listing the valid names.
+
+    ``pool`` (``model.video.pool``, ViT presets): "mean" = VideoMAE's token mean; "max" = each channel's maximum
+    over the tokens, for objects that cover a few of many tokens (the synthetic sets at 64 px)."""
     if num_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
     if preset in CLASSIFIER_PRESETS:
@@ -108,4 +118,4 @@ def build_classifier(preset: str, num_classes: int, *, drop_path: float = 0.0, d
         head = nn.Linear(1024, num_classes)
         return VideoClassifier(tower, head, dropout)
     tower = VideoViT(**spec, fc_norm=True, attention=attention, drop_path=drop_path)
-    return VideoClassifier(tower, _vit_head(tower.width, num_classes), dropout)
+    return VideoClassifier(tower, _vit_head(tower.width, num_classes), dropout, pool)

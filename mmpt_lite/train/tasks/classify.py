@@ -117,7 +117,7 @@ def build(cfg: RunConfig, prepared: PreparedData, device: torch.device) -> Compo
     c = cfg.classify
     train_set = read_classify_set(prepared.root, c.dataset, "train")
     model = build_classifier(cfg.model.video.preset, len(train_set.classes), drop_path=c.drop_path,
-                             dropout=c.dropout, attention=cfg.model.video.attention)
+                             dropout=c.dropout, attention=cfg.model.video.attention, pool=cfg.model.video.pool)
     if cfg.model.video.init_from:
         from mmpt_lite.models.init_from import init_video_tower
         log.info("model.video.init_from: %s", init_video_tower(model, cfg.model.video.init_from))
