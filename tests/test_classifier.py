@@ -159,3 +159,15 @@ def test_every_cpu_preset_trains(preset, shape):
 def test_published_finetuning_sizes(preset, params):
     # VideoMAE's fine-tuning ViT-S/B (22.03M / 86.53M) and SlowFast's X3D-S, each with a 400-class head
     assert sum(p.numel() for p in build_classifier(preset, 400).parameters()) == params
+
+
+def test_max_pool_takes_each_channels_largest_token():
+    torch.manual_seed(0)
+    model = build_classifier("vit_tiny", 4, pool="max").eval()
+    video = torch.randn(1, 3, 4, 32, 32)
+    tokens = model.video_tower(video)["video_tokens"]
+    out = model(video)
+    assert torch.allclose(out["pooled"], model.video_tower.fc_norm(tokens.amax(dim=1)))
+    assert torch.allclose(out["logits"], model.head(out["pooled"]))
+    with pytest.raises(ValueError, match="pools ViT tokens"):
+        build_classifier("x3d_s", 4, pool="max")

@@ -106,7 +106,7 @@ def build_classifier(preset: str, num_classes: int, *, drop_path: float = 0.0, d
     if preset in CLASSIFIER_PRESETS:
         if drop_path:
             raise ValueError(f"classify.drop_path: {preset} has no residual branches to drop; use 0")
-        return VideoClassifier(CLASSIFIER_PRESETS[preset](num_classes=num_classes, dropout=dropout), None)
+        return VideoClassifier(CLASSIFIER_PRESETS[preset](num_classes=num_classes, dropout=dropout), None, pool=pool)
     if preset not in VIDEO_PRESETS:
         raise ValueError(f"model.video.preset: unknown preset {preset!r} (valid: {', '.join(classifier_presets())})")
     spec = dict(VIDEO_PRESETS[preset])
@@ -116,6 +116,6 @@ def build_classifier(preset: str, num_classes: int, *, drop_path: float = 0.0, d
         tower = S3D(**spec)
         tower.fc = nn.Identity()  # the joint-space projection; the head reads mixed_5c
         head = nn.Linear(1024, num_classes)
-        return VideoClassifier(tower, head, dropout)
+        return VideoClassifier(tower, head, dropout, pool)
     tower = VideoViT(**spec, fc_norm=True, attention=attention, drop_path=drop_path)
     return VideoClassifier(tower, _vit_head(tower.width, num_classes), dropout, pool)
