@@ -81,7 +81,7 @@ def test_multiview_accuracy_matches_a_direct_computation():
     assert few["mean_class_accuracy"] == pytest.approx(0.75) and np.isnan(few["per_class_accuracy"][3])
 
 
-def test_protocol_presets_and_flags():
+def test_protocol_presets_and_flags(tmp_path):
     assert PROTOCOLS["kinetics_vit"] == ClassifyProtocol() and ClassifyProtocol().num_views == 15
     x3d = PROTOCOLS["x3d"]
     assert (x3d.num_frames, x3d.stride, x3d.num_clips, x3d.num_crops, x3d.test_size) == (13, 6, 10, 3, 182)
@@ -94,7 +94,7 @@ def test_protocol_presets_and_flags():
     protocol, source = ClassifyEval.protocol_from_args(args)
     assert protocol == ClassifyProtocol("ssv2", "segments", 16, 1, 2, 1, 224) and source == "ssv2 preset"
     assert ClassifyEval.default_video_root(None, protocol).name == "ssv2"
-    assert ClassifyEval.default_list_path(Path("/d/ssv2"), protocol) == Path("/d/ssv2/validation.json")
+    assert ClassifyEval.default_list_path(tmp_path / "ssv2", protocol) == tmp_path / "ssv2" / "validation.json"
     with pytest.raises(ValueError, match="--fps does not apply"):
         ClassifyEval.protocol_from_args(cli.build_parser("classify").parse_args(["--fps", "5"]))
 

@@ -80,10 +80,11 @@ def test_kinetics_paths_with_spaces_commas_classes_and_duplicates(tmp_path):
     ("a.mp4 -1\n", 1, "negative label -1"),
     ("a.mp4 0\n\n../outside.mp4 1\n", 3, "escapes the set root"),
     ("a/../../b.mp4 1\n", 1, "escapes the set root"),
-    ("/elsewhere/c.mp4 1\n", 1, "outside the set root"),
+    ("{elsewhere}/c.mp4 1\n", 1, "outside the set root"),  # an absolute path beside the set's folder
 ])
 def test_kinetics_errors_name_file_and_line(tmp_path, lines, bad_line, message):
-    lst = write(tmp_path / "train.txt", lines)
+    (tmp_path / "set").mkdir()
+    lst = write(tmp_path / "set" / "train.txt", lines.format(elsewhere=tmp_path / "elsewhere"))
     with pytest.raises(ValueError, match=rf"{lst}:{bad_line}: .*{message}"):
         read_kinetics_list(lst)
 
