@@ -13,15 +13,16 @@ from mmpt_lite.fileio import atomic_write_text
 def format_table(title: str, rows: dict[str, dict[str, float]], columns: list[str]) -> str:
     """A fixed-width text table: ``title``, a header of ``columns``, one line per entry of ``rows``."""
     width = max([len(name) for name in rows] + [8])
-    lines = [title, f"{'':<{width}}  " + "  ".join(f"{c:>8}" for c in columns)]
+    widths = [max(8, len(c)) for c in columns]  # a longer column name widens its column instead of shifting the rest
+    lines = [title, f"{'':<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))]
     for name, values in rows.items():
         cells = []
-        for column in columns:
+        for column, w in zip(columns, widths, strict=True):
             value = values.get(column)
             if value is None:
-                cells.append(f"{'-':>8}")
+                cells.append(f"{'-':>{w}}")
             else:
-                cells.append(f"{value:>8.2f}" if isinstance(value, float) else f"{value:>8}")
+                cells.append(f"{value:>{w}.2f}" if isinstance(value, float) else f"{value:>{w}}")
         lines.append(f"{name:<{width}}  " + "  ".join(cells))
     return "\n".join(lines)
 

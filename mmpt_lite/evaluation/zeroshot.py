@@ -55,6 +55,23 @@ def _youcook_path(video_root: Path, task, video_id: str) -> Path:
     return folder / f"{video_id}{YOUCOOK_EXTENSIONS[0]}"
 
 
+def read_youcook_list(csv_path: Path, video_root: Path) -> RetrievalSet:
+    """YouCook2 validation rows ``end,start,task,text,video_id``, in file order: one caption and one segment
+    request (named ``<video_id>[<start>-<end>s]``) per row; also read by ``paragraph.YoucookParagraph``."""
+    table = _read_csv(csv_path, ("end", "start", "task", "text", "video_id"))
+    requests = [VideoRequest(f"{row.video_id}[{row.start:g}-{row.end:g}s]",
+                             str(_youcook_path(video_root, row.task, str(row.video_id))),
+                             float(row.start), float(row.end))
+                for row in table.itertuples(index=False)]
+    return RetrievalSet([str(t) for t in table["text"]], requests)
+
+
+def segment_cache_parts(list_path: Path, requests: list[VideoRequest]) -> dict:
+    """What keys cached window features besides task, checkpoint and protocol: the list, the files, the segments."""
+    return {"csv": file_sha256(list_path), "videos": files_fingerprint([Path(r.path) for r in requests]),
+            "requests": [(r.path, r.start, r.end) for r in requests]}
+
+
 def retrieval_scores(text_embeddings: np.ndarray, window_embeddings: np.ndarray,
                      readable: np.ndarray) -> np.ndarray:
     """scores float64 [N texts, N videos] = text · mean-over-windows(video); unreadable columns = -inf.
@@ -93,8 +110,7 @@ class RetrievalEvaluator(Evaluator):
     feature_output = "video_embedding"
 
     def cache_parts(self, requests: list[VideoRequest]) -> dict:
-        return {"csv": file_sha256(self.list_path), "videos": files_fingerprint([Path(r.path) for r in requests]),
-                "requests": [(r.path, r.start, r.end) for r in requests]}
+        return segment_cache_parts(self.list_path, requests)
 
     @in_eval_mode
     def result(self, model: torch.nn.Module, runtime: EvalRuntime,
@@ -157,9 +173,4 @@ class YoucookRetrieval(RetrievalEvaluator):
     default_list = "validation_youcook.csv"
 
     def read(self) -> RetrievalSet:
-        table = _read_csv(self.list_path, ("end", "start", "task", "text", "video_id"))
-        requests = [VideoRequest(f"{row.video_id}[{row.start:g}-{row.end:g}s]",
-                                 str(_youcook_path(self.video_root, row.task, str(row.video_id))),
-                                 float(row.start), float(row.end))
-                    for row in table.itertuples(index=False)]
-        return RetrievalSet([str(t) for t in table["text"]], requests)
+        return read_youcook_list(self.list_path, self.video_root)
