@@ -142,4 +142,4 @@ def test_in_training_evaluation_is_the_evaluator_with_the_runs_protocol_and_deco
     assert model.training and set(backends) == {"ffmpeg"}  # data.decoder reaches the decoder; mode restored
     assert result == MsrvttRetrieval(RetrievalProtocol(2, 4, 5.0, 32), msrvtt_root).run(model, EvalRuntime(batch_size=2))
     assert cli.EVALUATORS == {"msrvtt": MsrvttRetrieval, "youcook": YoucookRetrieval, "hmdb": cli.HmdbProbe,
-                              "classify": cli.ClassifyEval}
+                              "classify": cli.ClassifyEval, "youcook_paragraph": cli.YoucookParagraph}

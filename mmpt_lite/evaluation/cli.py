@@ -31,11 +31,12 @@ from mmpt_lite.evaluation.checkpoints import (
 )
 from mmpt_lite.evaluation.classify import ClassifyEval
 from mmpt_lite.evaluation.linear_probe import HmdbProbe
+from mmpt_lite.evaluation.paragraph import YoucookParagraph
 from mmpt_lite.evaluation.runtime import DECODERS, EvalRuntime, Evaluator
 from mmpt_lite.evaluation.zeroshot import MsrvttRetrieval, YoucookRetrieval
 
 EVALUATORS: dict[str, type[Evaluator]] = {"msrvtt": MsrvttRetrieval, "youcook": YoucookRetrieval, "hmdb": HmdbProbe,
-                                          "classify": ClassifyEval}
+                                          "classify": ClassifyEval, "youcook_paragraph": YoucookParagraph}
 
 
 class UsageError(Exception):
