@@ -1,10 +1,11 @@
-"""Evaluation: zero-shot MSR-VTT / YouCook2 retrieval and the HMDB-51 linear probe (MIL-NCE protocols), and the
-multi-view Kinetics / SSv2 accuracy of fine-tuned classifiers.
+"""Evaluation: zero-shot MSR-VTT / YouCook2 retrieval and the HMDB-51 linear probe (MIL-NCE protocols), YouCook2
+video-paragraph retrieval (NORTON), and the multi-view Kinetics / SSv2 accuracy of fine-tuned classifiers.
 
 Modules, bottom up: ``metrics`` (ranks, R@k, MedR, MeanR), ``windows`` (where windows start), ``cache``
 (features keyed by checkpoint, protocol, lists), ``features`` (protocols, decode workers, batched embedding),
 ``runtime`` (``EvalRuntime``; the ``Evaluator`` base, which extracts and caches features), ``zeroshot``
-(``MsrvttRetrieval``, ``YoucookRetrieval``), ``linear_probe`` (``HmdbProbe``: split files, LinearSVC),
+(``MsrvttRetrieval``, ``YoucookRetrieval``), ``paragraph`` (``YoucookParagraph``: video-paragraph retrieval
+by caption average, DTW and OTAM), ``linear_probe`` (``HmdbProbe``: split files, LinearSVC),
 ``classify`` (``ClassifyEval``: clips × crops views, softmax averaged per video), ``checkpoints`` (format detection
 and loading), ``report`` (table, JSON, plot), ``cli`` (the eval/ scripts,
 via ``EVALUATORS``).
