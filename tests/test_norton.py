@@ -133,3 +133,78 @@ def test_build_loss_norton_groups():
     assert torch.isfinite(out["loss"]) and {"clip_loss", "paragraph_loss", "bucket_mass"} <= set(out)
     with pytest.raises(ValueError, match="norton: text"):
         loss(video_embedding=torch.randn(2, 4, 8), text_embedding=torch.randn(8, 8))
+
+
+# --------------------------------------------------------------------------- config
+def test_norton_config_ranges_and_conflicts(tmp_path):
+    from mmpt_lite.config import ConfigConflict, ConfigError, load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("loss: {name: norton}\ndata: {batch_size: 8, clips_per_video: 4, clip_order: consecutive}\n")
+    cfg = load_config(path)
+    assert (cfg.loss.norton.beta, cfg.loss.norton.clip_epsilon, cfg.loss.norton.paragraph_epsilon) == (0.3, 1.0, 0.1)
+    assert (cfg.loss.norton.iterations, cfg.loss.norton.paragraph_weight, cfg.loss.norton.bucket_percentile) == (50, 0.1, 30)
+    for key, value in (("beta", "1.5"), ("clip_epsilon", "0"), ("paragraph_epsilon", "-1"), ("iterations", "0"),
+                       ("paragraph_weight", "-0.1"), ("bucket_percentile", "101"), ("paragraph_temperature", "0")):
+        with pytest.raises(ConfigError, match=f"loss.norton.{key}: "):
+            load_config(path, [f"loss.norton.{key}={value}"])
+    with pytest.raises(ConfigConflict, match="data.clips_per_video: 1; NORTON's video-paragraph loss"):
+        load_config(path, ["data.clips_per_video=1"])
+    assert load_config(path, ["data.clips_per_video=1", "loss.norton.paragraph_weight=0"]).loss.name == "norton"
+    with pytest.raises(ConfigError, match="data.clip_order"):
+        load_config(path, ["data.clip_order=random"])
+
+
+# --------------------------------------------------------------------------- data
+def test_consecutive_clips_share_a_start_and_run_in_time_order():
+    from test_loader import ArrayCaptionStore, ArrayVideoStore, tokenize
+
+    from mmpt_lite.data.loader import MilNceClipDataset, TrainLoader
+
+    dataset = MilNceClipDataset(ArrayVideoStore(6), ArrayCaptionStore(), tokenize, num_frames=4, fps=5.0,
+                                video_size=8, num_candidates=1, min_time=0.5, clips_per_video=3,
+                                clip_order="consecutive")
+    loader = TrainLoader(dataset, batch_size=6, rank=0, world_size=1, seed=3)
+    firsts = set()
+    for _, batch in zip(range(6), loader, strict=False):
+        videos = batch.video_index.view(2, 3)
+        assert (videos == videos[:, :1]).all()
+        anchors = (batch.text["input_ids"][:, 0, 1] - 1).view(2, 3)  # the single candidate = the anchor caption
+        assert (anchors[:, 1:] - anchors[:, :-1] == 1).all(), anchors  # consecutive captions
+        frame_of = batch.video[:, :, 0, 0, 1].view(2, 3, 4)[..., 0]  # each clip's first stored frame
+        assert (frame_of[:, 1:] >= frame_of[:, :-1]).all()  # in time order
+        firsts.update(anchors[:, 0].tolist())
+    assert len(firsts) > 1  # the paragraph's start is random
+    # Spread (the default) keeps its per-clip seeds: MIL-NCE batches are unchanged.
+    spread = TrainLoader(MilNceClipDataset(ArrayVideoStore(6), ArrayCaptionStore(), tokenize, num_frames=4, fps=5.0,
+                                           video_size=8, num_candidates=1, min_time=0.5, clips_per_video=3),
+                         batch_size=6, rank=0, world_size=1, seed=3)
+    assert spread.seed_group == 1 and loader.seed_group == 3
+
+
+def test_contrastive_task_refuses_a_batch_that_splits_a_video():
+    from mmpt_lite.data.batch import ClipBatch
+    from mmpt_lite.train.tasks.contrastive import ContrastiveTask
+
+    task = ContrastiveTask.__new__(ContrastiveTask)
+    task.clips_per_video, task.loss_fn = 2, NortonLoss()
+    batch = ClipBatch(torch.zeros(4, 1), torch.tensor([5, 5, 7, 7]))
+    groups = task.groups(batch, torch.randn(4, 8), torch.randn(12, 8), 3)
+    assert groups["video_embedding"].shape == (2, 2, 8) and groups["text_embedding"].shape == (2, 2, 3, 8)
+    with pytest.raises(ValueError, match="not in runs of data.clips_per_video=2"):
+        task.groups(ClipBatch(torch.zeros(4, 1), torch.tensor([5, 7, 7, 5])), torch.randn(4, 8), torch.randn(12, 8), 3)
+
+
+# --------------------------------------------------------------------------- end to end
+def test_tiny_norton_run_trains_with_finite_losses(tmp_path):
+    import json
+
+    from conftest import launch_tiny
+
+    r = launch_tiny([f"data.root={tmp_path / 'how2-synth'}", f"train.output_dir={tmp_path / 'run'}", "loss.name=norton",
+                     "data.clips_per_video=2", "data.clip_order=consecutive", "data.action_negatives.count=0",
+                     "train.max_steps=4"])
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [row for row in rows if "paragraph_loss" in row]
+    assert train and all(np.isfinite([row["loss"], row["clip_loss"], row["paragraph_loss"]]).all() for row in train)
