@@ -208,3 +208,32 @@ def test_tiny_norton_run_trains_with_finite_losses(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [row for row in rows if "paragraph_loss" in row]
     assert train and all(np.isfinite([row["loss"], row["clip_loss"], row["paragraph_loss"]]).all() for row in train)
+
+
+def test_mined_batches_keep_each_videos_clips_together(tmp_path):
+    """Retrieval-augmented batches (VideoCLIP, as NORTON trains) with 2 clips per video: videos are mined as
+    units and expanded to their clips side by side."""
+    from test_retrieval import IndexedDataset, TableModel, clustered, retri_config
+
+    from mmpt_lite.data.loader import TrainLoader
+    from mmpt_lite.retrieval.mining import RetrievalPlanProvider
+
+    class TwoClips(IndexedDataset):  # sample s is part s % 2 of video s // 2 (what the model embeds)
+        clips_per_video = 2
+
+        def __getitem__(self, item):
+            sample = super().__getitem__((item[0] // 2, item[1]))
+            sample["video_index"] = torch.tensor(item[0] // 2)
+            return sample
+
+    dataset = TwoClips(80)
+    provider = RetrievalPlanProvider(retri_config(tmp_path, start_epoch=0), TableModel(clustered(40, clusters=5)),
+                                      dataset, torch.device("cpu"))
+    plan = provider(0)
+    assert plan.shape == (10, 1, 8) and sorted(plan.ravel()) == list(range(80))
+    pairs = plan.reshape(-1, 2)
+    assert (pairs[:, 0] % 2 == 0).all() and (pairs[:, 1] == pairs[:, 0] + 1).all()
+    loader = TrainLoader(dataset, batch_size=8, rank=0, world_size=1, seed=7, plan_provider=provider)
+    batch = next(iter(loader))
+    index = batch.video_index.view(4, 2)
+    assert (index[:, 0] == index[:, 1]).all()

@@ -414,9 +414,6 @@ class RunConfig:
             raise ConfigConflict(f"data.clips_per_video: {clips}; NORTON's video-paragraph loss "
                                  f"(loss.norton.paragraph_weight {norton.paragraph_weight}) needs at least 2 clips "
                                  "per video (8 in the paper), or set loss.norton.paragraph_weight=0")
-        if clips > 1 and self.retri.enabled:
-            raise ConfigConflict("data.clips_per_video: retrieval-augmented batches (retri.enabled) plan one clip per "
-                                 "video; use 1 with retri")
         if self.model.video.attention == "flash_attn" and self.train.precision == "fp32":
             raise ConfigConflict("model.video.attention: flash_attn has no float32 kernel; use train.precision bf16 "
                                  "(or auto on a GPU), or sdpa")
