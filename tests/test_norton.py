@@ -237,3 +237,38 @@ def test_mined_batches_keep_each_videos_clips_together(tmp_path):
     batch = next(iter(loader))
     index = batch.video_index.view(4, 2)
     assert (index[:, 0] == index[:, 1]).all()
+
+
+# --------------------------------------------------------------------------- 2 gloo ranks
+def _norton_rank_worker(rank, world_size, port, video, text, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        per_rank = video.shape[0] // world_size
+        local = slice(rank * per_rank, (rank + 1) * per_rank)
+        v, t = video[local].clone().requires_grad_(), text[local].clone().requires_grad_()
+        loss = NortonLoss()(video_embedding=v, text_embedding=t)["loss"]
+        loss.backward()
+        torch.save({"loss": loss.detach(), "video_grad": v.grad, "text_grad": t.grad}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_norton_across_two_gloo_ranks_matches_full_batch(tmp_path):
+    import torch.multiprocessing as mp
+    from test_losses import free_port
+
+    gen = torch.Generator().manual_seed(8)
+    video = torch.randn(4, 3, 6, generator=gen, dtype=torch.float64)  # 4 videos x 3 clips
+    text = torch.randn(4, 3, 2, 6, generator=gen, dtype=torch.float64)  # 2 candidates each
+    v, t = video.clone().requires_grad_(), text.clone().requires_grad_()
+    full = NortonLoss()(video_embedding=v, text_embedding=t)["loss"]
+    full.backward()
+    mp.spawn(_norton_rank_worker, args=(2, free_port(), video, text, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert abs(got["loss"].item() - full.item()) < 1e-6  # whole videos gathered: the global loss everywhere
+        local = slice(rank * 2, (rank + 1) * 2)
+        torch.testing.assert_close(got["video_grad"], v.grad[local], atol=1e-6, rtol=0)
+        torch.testing.assert_close(got["text_grad"], t.grad[local], atol=1e-6, rtol=0)
