@@ -97,6 +97,10 @@ class DataConfig:
     # Clips of one video side by side in a batch, each anchored in a different part of its captions: they
     # share the scene and objects, so telling them apart takes the actions (1 = MIL-NCE, one per video).
     clips_per_video: int = 1
+    # How a video's clips are anchored: "spread" = clip j in the j-th of clips_per_video equal runs of its captions;
+    # "consecutive" = clips_per_video consecutive captions from a random start, clips in time order (NORTON's
+    # paragraphs). A video's clips then share one seed (and one crop) so they can agree on the start.
+    clip_order: Literal["spread", "consecutive"] = "spread"
     action_negatives: ActionNegativesConfig = field(default_factory=ActionNegativesConfig)
     num_workers: int = 2
     # Video decoder (mmpt_lite.data.decoders) for shard building and evaluation; they select the same frames.
@@ -142,10 +146,36 @@ class ModelConfig:
 
 
 @dataclass(kw_only=True)
+class NortonConfig:
+    """``loss.name: norton`` (mmpt_lite/losses/norton.py); defaults = the published settings on VideoCLIP."""
+
+    beta: float = 0.3  # share of the clip targets given to the Sinkhorn plan (faulty negatives); 0 = InfoNCE
+    clip_epsilon: float = 1.0  # Sinkhorn entropy of the clip-caption plan (on the logits)
+    paragraph_epsilon: float = 0.1  # Sinkhorn entropy of the video-paragraph plans (on cosine similarities)
+    iterations: int = 50  # Sinkhorn iterations, both plans
+    paragraph_weight: float = 0.1  # weight of the video-paragraph loss; 0 = clip loss only
+    bucket_percentile: float = 30.0  # the prompt bucket's value: this percentile of the aligned similarities
+    paragraph_temperature: float = 0.07
+
+    def __post_init__(self) -> None:
+        checks = {"beta": 0 <= self.beta <= 1, "clip_epsilon": self.clip_epsilon > 0,
+                  "paragraph_epsilon": self.paragraph_epsilon > 0, "iterations": self.iterations >= 1,
+                  "paragraph_weight": self.paragraph_weight >= 0,
+                  "bucket_percentile": 0 <= self.bucket_percentile <= 100,
+                  "paragraph_temperature": self.paragraph_temperature > 0}
+        ranges = {"beta": "in [0, 1]", "clip_epsilon": "> 0", "paragraph_epsilon": "> 0", "iterations": ">= 1",
+                  "paragraph_weight": ">= 0", "bucket_percentile": "in [0, 100]", "paragraph_temperature": "> 0"}
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"loss.norton.{name}: {getattr(self, name)} must be {ranges[name]}")
+
+
+@dataclass(kw_only=True)
 class LossConfig:
-    name: Literal["milnce", "infonce"] = "milnce"
-    temperature: float = 0.07  # infonce only; MIL-NCE uses raw dot products
+    name: Literal["milnce", "infonce", "norton"] = "milnce"
+    temperature: float = 0.07  # infonce and norton (clip loss); MIL-NCE uses raw dot products
     learn_temperature: bool = False
+    norton: NortonConfig = field(default_factory=NortonConfig)  # loss.name norton only
 
 
 @dataclass(kw_only=True)
@@ -379,9 +409,11 @@ class RunConfig:
         if negatives and self.loss.name != "milnce":
             raise ConfigConflict(f"data.action_negatives.count: hard-negative captions need loss.name milnce, "
                                  f"not {self.loss.name!r}")
-        if clips > 1 and self.retri.enabled:
-            raise ConfigConflict("data.clips_per_video: retrieval-augmented batches (retri.enabled) plan one clip per "
-                                 "video; use 1 with retri")
+        norton = self.loss.norton
+        if self.loss.name == "norton" and norton.paragraph_weight > 0 and clips < 2:
+            raise ConfigConflict(f"data.clips_per_video: {clips}; NORTON's video-paragraph loss "
+                                 f"(loss.norton.paragraph_weight {norton.paragraph_weight}) needs at least 2 clips "
+                                 "per video (8 in the paper), or set loss.norton.paragraph_weight=0")
         if self.model.video.attention == "flash_attn" and self.train.precision == "fp32":
             raise ConfigConflict("model.video.attention: flash_attn has no float32 kernel; use train.precision bf16 "
                                  "(or auto on a GPU), or sdpa")

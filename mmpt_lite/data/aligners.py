@@ -85,6 +85,40 @@ def milnce_sample(starts: np.ndarray, ends: np.ndarray, rng: np.random.Generator
     return ClipChoice(clip_start=clip_start, caption_ids=caption_ids, span=span)
 
 
+def consecutive_sample(starts: np.ndarray, ends: np.ndarray, rng: np.random.Generator, *, num_candidates: int,
+                       min_time: float, clip_seconds: float, duration: float | None = None, part: int = 0,
+                       parts: int = 1) -> ClipChoice:
+    """Clip ``part`` of ``parts`` consecutive caption-anchored clips (NORTON's paragraphs), in time order.
+
+    The anchors are captions a, a+1, ..., a+parts-1 from a random first anchor a (clipped to the last caption
+    when the video has fewer than ``parts``); each clip's K candidates and span are MIL-NCE's around its anchor.
+    Every part draws the *whole* group from ``rng`` in one fixed order (a, then one uniform per part for the clip
+    start) and keeps its own, so the ``parts`` samples of a video agree when their rngs share a seed (the loader
+    gives a video's clips one seed under ``data.clip_order: consecutive``). Clip starts are made non-decreasing
+    (a widened span can reach back before the previous anchor's clip), so clip j never precedes clip j-1.
+    """
+    n = len(starts)
+    if n == 0:
+        raise ValueError("video has no captions")
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} is not in [0, {parts})")
+    first_anchor = int(rng.integers(max(1, n - parts + 1)))
+    uniforms = rng.random(parts)
+    anchors = np.minimum(first_anchor + np.arange(parts), n - 1)
+    clip_starts = np.empty(parts)
+    spans = []
+    for j, anchor in enumerate(anchors):
+        span = widen_span(float(starts[anchor]), float(ends[anchor]), min_time, duration)
+        latest = max(span[0], span[1] - clip_seconds)
+        clip_starts[j] = span[0] + uniforms[j] * (latest - span[0])
+        spans.append(span)
+    clip_starts = np.maximum.accumulate(clip_starts)
+    anchor = int(anchors[part])
+    lo = nearest_candidates(starts, ends, anchor, num_candidates)
+    caption_ids = np.clip(np.arange(lo, lo + num_candidates), 0, n - 1).astype(np.int64)
+    return ClipChoice(clip_start=float(clip_starts[part]), caption_ids=caption_ids, span=spans[part])
+
+
 @dataclass(frozen=True)
 class CropChoice:
     """A crop box (top, left, height, width) in source pixels and whether to flip horizontally."""

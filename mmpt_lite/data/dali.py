@@ -59,6 +59,7 @@ class EncodedClipDataset(Dataset):
                               "(rebuild them with the default storage, or use data.loader=pytorch)")
         self.dataset = dataset
         self.clips_per_video = dataset.clips_per_video   # TrainLoader keeps a video's clips in one batch
+        self.clip_order = dataset.clip_order  # and, when consecutive, gives them one seed
 
     def __len__(self) -> int:
         return len(self.dataset)

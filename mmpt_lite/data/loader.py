@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmpt_lite.config import DataConfig
 from mmpt_lite.data.action_negatives import ActionLexicon, load_lexicon
-from mmpt_lite.data.aligners import CropChoice, apply_crop, milnce_sample, random_crop
+from mmpt_lite.data.aligners import CropChoice, apply_crop, consecutive_sample, milnce_sample, random_crop
 from mmpt_lite.data.batch import ClipBatch, collate
 
 
@@ -70,15 +70,21 @@ class DataPosition:
 
 
 class PlanBatchSampler:
-    """Yields this rank's batches of (video_index, sample_seed) for one epoch, from ``start_step``."""
+    """Yields this rank's batches of (video_index, sample_seed) for one epoch, from ``start_step``.
 
-    def __init__(self, plan: np.ndarray, *, rank: int, epoch: int, seed: int, start_step: int = 0):
+    With ``seed_group`` = g > 1 the slots come in runs of g (one video's clips, ``epoch_plan(group=g)``) that
+    share the seed of the run's first slot, so the run's samples can draw one joint choice (consecutive clips)."""
+
+    def __init__(self, plan: np.ndarray, *, rank: int, epoch: int, seed: int, start_step: int = 0,
+                 seed_group: int = 1):
         self.plan, self.rank, self.epoch, self.seed, self.start_step = plan, rank, epoch, seed, start_step
+        self.seed_group = seed_group
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        g = self.seed_group
         for step in range(self.start_step, len(self.plan)):
             row = self.plan[step, self.rank]
-            yield [(int(v), slot_seed(self.seed, self.epoch, step, self.rank, j)) for j, v in enumerate(row)]
+            yield [(int(v), slot_seed(self.seed, self.epoch, step, self.rank, j - j % g)) for j, v in enumerate(row)]
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,8 @@ class MilNceClipDataset(Dataset):
     Reads frames from a sharded store (frames at ``store.fps``) and captions from a caption store.
     With ``clips_per_video`` = c, sample ``v * c + j`` is video v's clip from the j-th of c equal runs of
     its captions (so ``len`` = c × videos; ``epoch_plan(..., group=c)`` keeps a video's c clips in one batch).
+    With ``clip_order`` "consecutive" it is instead clip j of c consecutive caption-anchored clips in time order
+    (``aligners.consecutive_sample``); the loader then gives the c samples one seed, so they share a crop.
     Returns {"video": uint8 [T, S, S, 3], "text": {name: int64 [K, L]}, "video_index": int64}.
     With an ``action_lexicon`` and ``num_negatives`` = M > 0 a sample also has "negative_text"
     {name: int64 [M, L]}: its candidates with the action phrase rewritten as actions none of them names,
@@ -109,7 +117,7 @@ class MilNceClipDataset(Dataset):
 
     def __init__(self, video_store, caption_store, tokenize: Callable[[list[str]], dict[str, torch.Tensor]], *,
                  num_frames: int, fps: float, video_size: int, num_candidates: int, min_time: float,
-                 random_flip: bool = True, clips_per_video: int = 1, action_lexicon: ActionLexicon | None = None, num_negatives: int = 0,
+                 random_flip: bool = True, clips_per_video: int = 1, clip_order: str = "spread", action_lexicon: ActionLexicon | None = None, num_negatives: int = 0,
                  negatives_from_video: bool = True):
         if num_negatives and action_lexicon is None:
             raise ValueError("action-swapped negatives need an action_lexicon")
@@ -117,7 +125,9 @@ class MilNceClipDataset(Dataset):
         self.video_ids = list(video_store.video_ids)
         self.num_frames, self.fps, self.size = num_frames, fps, video_size
         self.num_candidates, self.min_time, self.random_flip = num_candidates, min_time, random_flip
-        self.clips_per_video = clips_per_video
+        if clip_order not in ("spread", "consecutive"):
+            raise ValueError(f"clip_order {clip_order!r}: valid are spread, consecutive")
+        self.clips_per_video, self.clip_order = clips_per_video, clip_order
         self.action_lexicon, self.num_negatives = action_lexicon, num_negatives
         self.negatives_from_video = negatives_from_video
         self._video_actions: dict[str, frozenset[str]] = {}  # actions each video's narration names (cache)
@@ -130,7 +140,7 @@ class MilNceClipDataset(Dataset):
         negatives = data.action_negatives
         return cls(video_store, caption_store, tokenize, num_frames=data.num_frames, fps=data.fps,
                    video_size=data.video_size, num_candidates=data.num_candidates, min_time=data.min_time,
-                   random_flip=data.random_flip, clips_per_video=data.clips_per_video,
+                   random_flip=data.random_flip, clips_per_video=data.clips_per_video, clip_order=data.clip_order,
                    action_lexicon=load_lexicon(data) if negatives.count else None,
                    num_negatives=negatives.count, negatives_from_video=negatives.pool == "video")
 
@@ -154,7 +164,8 @@ class MilNceClipDataset(Dataset):
         starts, ends, texts = self.captions.get(vid)
         total = self.videos.num_frames(vid)
         duration = total / self.videos.fps
-        choice = milnce_sample(starts, ends, rng, num_candidates=self.num_candidates, min_time=self.min_time,
+        sample_clip = consecutive_sample if self.clip_order == "consecutive" else milnce_sample
+        choice = sample_clip(starts, ends, rng, num_candidates=self.num_candidates, min_time=self.min_time,
                                clip_seconds=self.num_frames / self.fps, duration=duration, part=part,
                                parts=self.clips_per_video)
         idx = self.frame_indices(choice.clip_start, total) if total else np.zeros(0, np.int64)
@@ -223,6 +234,8 @@ class TrainLoader:
         self.position = DataPosition()
         # A dataset with several clips per video keeps each video's clips in one batch.
         self.group = getattr(dataset, "clips_per_video", 1)
+        # Consecutive clips are one joint draw per video: its clips get one seed (PlanBatchSampler.seed_group).
+        self.seed_group = self.group if getattr(dataset, "clip_order", "spread") == "consecutive" else 1
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.dataset) / (self.world_size * self.batch_size))  # group divides both
@@ -259,7 +272,8 @@ class TrainLoader:
             if plan.ndim != 3 or plan.shape[1:] != (self.world_size, self.batch_size):
                 raise ValueError(f"epoch {epoch}: batch plan has shape {plan.shape}, expected "
                                  f"[steps, {self.world_size}, {self.batch_size}]")
-            sampler = PlanBatchSampler(plan, rank=self.rank, epoch=epoch, seed=self.seed, start_step=start)
+            sampler = PlanBatchSampler(plan, rank=self.rank, epoch=epoch, seed=self.seed, start_step=start,
+                                       seed_group=self.seed_group)
             loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                                 collate_fn=self.collate_fn, pin_memory=self.pin_memory, generator=self._generator(),
                                 persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
@@ -282,7 +296,7 @@ class TrainLoader:
         (epoch, step) and ``position`` advances only as batches are handed out."""
         sampler = _ShuffledEpochsSampler(len(self.dataset), rank=self.rank, world_size=self.world_size,
                                          batch_size=self.batch_size, seed=self.seed, start=self.position,
-                                         group=self.group)
+                                         group=self.group, seed_group=self.seed_group)
         loader = DataLoader(_PositionTagged(self.dataset), batch_sampler=sampler, num_workers=self.num_workers,
                             collate_fn=functools.partial(_collate_tagged, self.collate_fn), pin_memory=self.pin_memory,
                             generator=self._generator(), prefetch_factor=4 if self.num_workers else None)
@@ -295,16 +309,17 @@ class _ShuffledEpochsSampler:
     """Endless batches of (video_index, sample_seed, epoch, step) over successive ``epoch_plan``s."""
 
     def __init__(self, num_videos: int, *, rank: int, world_size: int, batch_size: int, seed: int,
-                 start: DataPosition, group: int = 1):
+                 start: DataPosition, group: int = 1, seed_group: int = 1):
         self.num_videos, self.rank, self.world_size, self.batch_size = num_videos, rank, world_size, batch_size
-        self.seed, self.start, self.group = seed, start, group
+        self.seed, self.start, self.group, self.seed_group = seed, start, group, seed_group
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int, int]]]:
         epoch, first = self.start.epoch, self.start.step
         while True:
             plan = epoch_plan(self.num_videos, epoch=epoch, seed=self.seed, world_size=self.world_size,
                               batch_size=self.batch_size, group=self.group)
-            batches = PlanBatchSampler(plan, rank=self.rank, epoch=epoch, seed=self.seed, start_step=first)
+            batches = PlanBatchSampler(plan, rank=self.rank, epoch=epoch, seed=self.seed, start_step=first,
+                                       seed_group=self.seed_group)
             for step, batch in enumerate(batches, start=first):
                 yield [(index, seed, epoch, step) for index, seed in batch]
             epoch, first = epoch + 1, 0

@@ -17,6 +17,11 @@ Before each epoch from ``retri.start_epoch`` on, ``TrainLoader`` calls the provi
    again with the resumed weights (a resumed run then matches an uninterrupted one up to that epoch's
    neighbours; the checkpointed epoch itself continues its saved plan).
 
+With several clips per video in the dataset (``data.clips_per_video`` = c, e.g. NORTON's paragraphs) the
+videos are mined as units: a video's vector comes from clips of its own (sample ``v·c + j``), the plan is made
+with batches of B/c videos and each video is expanded to its c samples side by side in part order, as
+``epoch_plan(group=c)`` lays them out.
+
 Returns None (the loader then uses its shuffled ``epoch_plan``) before ``start_epoch``, for an empty
 corpus or one that fits in a single global batch (mining cannot change that batch), and when the
 embeddings are not finite (a diverged model): that epoch is not mined, with a warning, and training
@@ -70,16 +75,21 @@ def shard_range(num_videos: int, rank: int, world_size: int) -> range:
 
 @torch.no_grad()
 def embed_videos(model: torch.nn.Module, dataset, videos: range, *, epoch: int, seed: int, clips_per_video: int,
-                 batch_size: int, num_workers: int, device: torch.device, use_bf16: bool) -> torch.Tensor:
-    """Per-video retrieval vectors (see the module docstring): float32 [len(videos), D] on the CPU."""
-    items = [(v, clip_seed(seed, epoch, v, c)) for v in videos for c in range(clips_per_video)]
+                 batch_size: int, num_workers: int, device: torch.device, use_bf16: bool,
+                 group: int = 1) -> torch.Tensor:
+    """Per-video retrieval vectors (see the module docstring): float32 [len(videos), D] on the CPU.
+
+    ``group``: the dataset's samples per video (sample ``v·group + j`` is part j of video v); clip c of the
+    ``clips_per_video`` embedded is part c mod group."""
+    pairs = [(v, c) for v in videos for c in range(clips_per_video)]
+    items = [(v * group + c % group, clip_seed(seed, epoch, v, c)) for v, c in pairs]
     if not items:
         return torch.zeros(0, 0)
     video_input = VideoInput(model, device)
     # The items are the sampler: the loader reads dataset[item] in their order, in its workers.
     loader = DataLoader(dataset, batch_size=batch_size, sampler=items, num_workers=num_workers, collate_fn=collate)
     # Row of each item's video in the result; the loader keeps the item order, so batch b is items[b·B:(b+1)·B].
-    rows = torch.tensor([v - videos.start for v, _ in items])
+    rows = torch.tensor([v - videos.start for v, _ in pairs])
     sums: torch.Tensor | None = None
     batches = progress_bar(loader, desc=f"retri epoch {epoch}: embedding", unit="batch", leave=False,
                            disable=mdist.get_rank() != 0)
@@ -123,6 +133,7 @@ class RetrievalPlanProvider:
         self.embeddings: np.ndarray | None = None  # rank 0: the last finite corpus embeddings
         self.have_embeddings = False  # every rank: whether rank 0 holds them (keeps the collectives in step)
         self.log_path = resolve_path(cfg.train.output_dir) / "retri.jsonl"
+        self.group = getattr(dataset, "clips_per_video", 1)  # samples per video, kept side by side in a batch
 
     def mines_at(self, epoch: int) -> bool:
         """Whether ``epoch`` embeds the corpus afresh (others re-plan from the cached embeddings)."""
@@ -132,8 +143,8 @@ class RetrievalPlanProvider:
     def __call__(self, epoch: int) -> np.ndarray | None:
         if epoch < self.retri.start_epoch:
             return None
-        world, batch_size = mdist.get_world_size(), self.cfg.data.batch_size
-        num_videos = len(self.dataset)
+        world, batch_size = mdist.get_world_size(), self.cfg.data.batch_size // self.group  # videos per batch
+        num_videos = len(self.dataset) // self.group
         if num_videos == 0:
             log.warning("retri epoch %d: the training corpus is empty; nothing to mine", epoch)
             return None
@@ -154,14 +165,14 @@ class RetrievalPlanProvider:
         """Embed this rank's shard and gather (collective): rank 0 gets float32 [N, D], or None if any
         vector is not finite (warned); other ranks get None."""
         rank, world = mdist.get_rank(), mdist.get_world_size()
-        num_videos = len(self.dataset)
+        num_videos = len(self.dataset) // self.group
         was_training = self.model.training
         self.model.eval()
         try:
             local = embed_videos(self.model, self.dataset, shard_range(num_videos, rank, world), epoch=epoch,
                                  seed=self.cfg.train.seed, clips_per_video=max(1, self.retri.clips_per_video),
                                  batch_size=self.cfg.data.batch_size, num_workers=self.cfg.data.num_workers,
-                                 device=self.device, use_bf16=self.use_bf16)
+                                 device=self.device, use_bf16=self.use_bf16, group=self.group)
         finally:
             self.model.train(was_training)
         dim = mdist.broadcast_object(local.shape[-1] if rank == 0 else None)  # rank 0's shard is never empty
@@ -180,7 +191,7 @@ class RetrievalPlanProvider:
     def _plan_on_main(self, epoch: int, timings: dict[str, float]) -> np.ndarray | None:
         if self.embeddings is None:
             return None
-        world, batch_size, retri = mdist.get_world_size(), self.cfg.data.batch_size, self.retri
+        world, batch_size, retri = mdist.get_world_size(), self.cfg.data.batch_size // self.group, self.retri
         start = time.perf_counter()
         index = NeighbourIndex(self.embeddings, kind=retri.index, metric=retri.metric, nlist=retri.nlist,
                                nprobe=retri.nprobe, seed=self.cfg.train.seed + epoch)
@@ -209,5 +220,9 @@ class RetrievalPlanProvider:
                 f.write(json.dumps(record) + "\n")
         except OSError as exc:  # a log file must not stop training
             log.warning("retri: cannot append to %s: %s", self.log_path, exc)
-        return mined.plan
+        if self.group == 1:
+            return mined.plan
+        # Each mined video -> its samples v·c .. v·c + c-1 side by side: [steps, world, batch/c] -> [steps, world, batch].
+        steps = len(mined.plan)
+        return (mined.plan[..., None] * self.group + np.arange(self.group)).reshape(steps, world, -1)
 

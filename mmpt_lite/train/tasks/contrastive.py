@@ -1,4 +1,4 @@
-"""Contrastive video-text pretraining (``train.task: milnce``): MIL-NCE or InfoNCE (``loss.name``) on
+"""Contrastive video-text pretraining (``train.task: milnce``): MIL-NCE, InfoNCE or NORTON (``loss.name``) on
 ``MilNceClipDataset`` clips, with mined batches (``retri.enabled``) and zero-shot retrieval (``eval.enabled``)."""
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ class ContrastiveTask(Task):
     the negatives' embeddings come back as [B, M, D] with ``negative_mask`` [B, M].
     """
 
-    def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device):
+    def __init__(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device,
+                 clips_per_video: int = 1):
         self.loss_fn, self.device = loss_fn.to(device), device
         self.video_input = VideoInput(model, device)
+        self.clips_per_video = clips_per_video
 
     def step(self, module: torch.nn.Module, batch: ClipBatch) -> dict:
         batch = batch.to(self.device)
@@ -44,9 +46,26 @@ class ContrastiveTask(Task):
             text_embedding = text_embedding[:b * num_candidates]
         # The loss in fp32 also under bf16 autocast: MIL-NCE's logits (~10-50) would keep 2-3 significant digits.
         with torch.autocast(self.device.type, enabled=False):
-            result = self.loss_fn(video_embedding=out["video_embedding"].float(), text_embedding=text_embedding,
-                                  num_candidates=num_candidates, **extra)
+            if getattr(self.loss_fn, "grouped", False):  # NORTON: [V, C, D] videos of C consecutive clips
+                result = self.loss_fn(**self.groups(batch, out["video_embedding"].float(), text_embedding,
+                                                    num_candidates))
+            else:
+                result = self.loss_fn(video_embedding=out["video_embedding"].float(), text_embedding=text_embedding,
+                                      num_candidates=num_candidates, **extra)
         return {**result, "batch_size": video.shape[0]}
+
+    def groups(self, batch: ClipBatch, video: torch.Tensor, text: torch.Tensor, num_candidates: int) -> dict:
+        """The batch's B = V·C clips as V videos × C clips: video [B, D] -> [V, C, D], text [B·K, D] ->
+        [V, C, K, D]. The epoch plan keeps a video's C clips side by side in part (time) order; a batch that
+        does not (e.g. a plan that split a video) is an error rather than a silently wrong paragraph."""
+        c = self.clips_per_video
+        b, d = video.shape
+        index = batch.video_index.view(b // c, c)
+        if not bool((index == index[:, :1]).all()):
+            raise ValueError(f"loss {type(self.loss_fn).__name__}: the batch's clips are not in runs of "
+                             f"data.clips_per_video={c} per video: {batch.video_index.tolist()}")
+        return {"video_embedding": video.view(b // c, c, d),
+                "text_embedding": text.view(b // c, c, num_candidates, text.shape[-1])}
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.loss_fn]  # e.g. InfoNCE's learnable temperature
@@ -93,5 +112,6 @@ def build(cfg: RunConfig, prepared: PreparedData, device: torch.device) -> Compo
     if cfg.retri.enabled:
         from mmpt_lite.retrieval.mining import RetrievalPlanProvider
         plan_provider = RetrievalPlanProvider(cfg, model, dataset, device)
-    return Components(model=model, dataset=dataset, task=ContrastiveTask(model, build_loss(cfg.loss), device),
+    return Components(model=model, dataset=dataset, task=ContrastiveTask(model, build_loss(cfg.loss), device,
+                                                                  clips_per_video=cfg.data.clips_per_video),
                       eval_fn=make_eval_fn(cfg, prepared, device), plan_provider=plan_provider)
