@@ -28,7 +28,6 @@ from mmpt_lite.config.sections import (
     LaunchConfig,
     LossConfig,
     MaeConfig,
-    UmtConfig,
     ModelConfig,
     OptimConfig,
     RetriConfig,
@@ -39,6 +38,7 @@ from mmpt_lite.config.sections import (
     SyntheticRenderConfig,
     TextTowerConfig,
     TrainConfig,
+    UmtConfig,
     VideoTowerConfig,
 )
 
@@ -64,7 +64,6 @@ __all__ = [
     "LossConfig",
     "ClassifyConfig",
     "MaeConfig",
-    "UmtConfig",
     "ModelConfig",
     "OptimConfig",
     "RetriConfig",
@@ -75,5 +74,6 @@ __all__ = [
     "SyntheticRenderConfig",
     "TextTowerConfig",
     "TrainConfig",
+    "UmtConfig",
     "VideoTowerConfig",
 ]

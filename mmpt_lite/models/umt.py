@@ -276,7 +276,7 @@ class UmtStudent(nn.Module):
     def features(self, video: torch.Tensor, keep_index: torch.Tensor) -> torch.Tensor:
         """[B, K, M, D_t], not yet normalised (the compute FLOPs are counted on)."""
         blocks = self.encoder.forward_last_blocks(video, keep_index, len(self.decoders))
-        return torch.stack([decoder(x) for decoder, x in zip(self.decoders, blocks)], dim=1)
+        return torch.stack([decoder(x) for decoder, x in zip(self.decoders, blocks, strict=True)], dim=1)
 
     def forward(self, video: torch.Tensor, keep_index: torch.Tensor,
                 targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
