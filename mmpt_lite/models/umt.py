@@ -10,7 +10,7 @@ Facts reproduced (UMT, Li et al. 2023, stage 1; docs/formats-and-protocols §9):
   ∝ attention (:func:`select_tokens`, Gumbel top-k = successive sampling). Per frame, not tubes.
 * The student is a :class:`VideoViT` with tubelet 1 that sees only the kept tokens. The outputs of its last K
   blocks (UMT aligns the student's last K layers with the teacher's last K, layer i with layer i) go through
-  one ``Linear(width, D_t)`` + LayerNorm decoder per layer and are L2-normalised; the loss is
+  its final ``norm``, then one ``Linear(width, D_t)`` + LayerNorm decoder per layer and are L2-normalised; the loss is
   ``mean(2 − 2·cos)`` over layers and kept tokens.
 
 The teacher lives outside the trained model (the task holds it): checkpoints hold only the student,
@@ -276,7 +276,10 @@ class UmtStudent(nn.Module):
     def features(self, video: torch.Tensor, keep_index: torch.Tensor) -> torch.Tensor:
         """[B, K, M, D_t], not yet normalised (the compute FLOPs are counted on)."""
         blocks = self.encoder.forward_last_blocks(video, keep_index, len(self.decoders))
-        return torch.stack([decoder(x) for decoder, x in zip(self.decoders, blocks, strict=True)], dim=1)
+        # Each aligned output through the encoder's final norm first (UMT's encoder does the same); it also keeps
+        # every student parameter on the loss's path, which DDP (no find_unused_parameters) requires.
+        norm = self.encoder.norm
+        return torch.stack([decoder(norm(x)) for decoder, x in zip(self.decoders, blocks, strict=True)], dim=1)
 
     def forward(self, video: torch.Tensor, keep_index: torch.Tensor,
                 targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
