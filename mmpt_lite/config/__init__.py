@@ -39,6 +39,7 @@ from mmpt_lite.config.sections import (
     SyntheticRenderConfig,
     TextTowerConfig,
     TrainConfig,
+    UmtConfig,
     VideoTowerConfig,
 )
 
@@ -75,5 +76,6 @@ __all__ = [
     "SyntheticRenderConfig",
     "TextTowerConfig",
     "TrainConfig",
+    "UmtConfig",
     "VideoTowerConfig",
 ]

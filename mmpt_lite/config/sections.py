@@ -217,6 +217,25 @@ class MaeConfig:
 
 
 @dataclass(kw_only=True)
+class UmtConfig:
+    """UMT stage 1 (``train.task: umt``): a frozen image teacher's per-frame features and attention train a
+    tubelet-1 student on the tokens the teacher attends to (models/umt.py). The video-only source and clip
+    stride are ``mae.dataset`` / ``mae.sampling_stride``, shared with masked pretraining (same sets, same
+    sampling)."""
+
+    teacher: str = ""  # local folder: a CLIP save_pretrained folder (clip) or an mmpt_lite run (mmpt_vit)
+    teacher_kind: Literal["clip", "mmpt_vit"] = "clip"
+    keep_ratio: float = 0.2  # tokens kept per frame (UMT: 0.2 = 40 of 196 at 224/16, mask ratio 0.8)
+    align_layers: int = 6  # the student's last K blocks aligned with the teacher's last K
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.keep_ratio <= 1.0:
+            raise ConfigError(f"umt.keep_ratio: {self.keep_ratio} must be in (0, 1]")
+        if self.align_layers < 1:
+            raise ConfigError(f"umt.align_layers: {self.align_layers} must be at least 1")
+
+
+@dataclass(kw_only=True)
 class ClassifyConfig:
     """Classification fine-tuning (``train.task: classify``): the model is ``model.video.preset`` with a class
     head, started from ``model.video.init_from`` (random init when empty); clips are ``data.num_frames`` frames
@@ -389,6 +408,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mae: MaeConfig = field(default_factory=MaeConfig)
+    umt: UmtConfig = field(default_factory=UmtConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     retri: RetriConfig = field(default_factory=RetriConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -418,9 +438,10 @@ class RunConfig:
             raise ConfigConflict("model.video.attention: flash_attn has no float32 kernel; use train.precision bf16 "
                                  "(or auto on a GPU), or sdpa")
         synthetic, video_set = self.data.synthetic, self.mae.dataset
-        if (synthetic.enabled and self.train.task == "mae" and video_set != "shards" and synthetic.sets != "all"
+        if (synthetic.enabled and self.train.task in ("mae", "umt") and video_set != "shards" and synthetic.sets != "all"
                 and video_set not in synthetic.sets):
-            raise ConfigConflict(f"data.synthetic.sets: masked pretraining on mae.dataset={video_set} reads the "
+            objective = "masked" if self.train.task == "mae" else "UMT"
+            raise ConfigConflict(f"data.synthetic.sets: {objective} pretraining on mae.dataset={video_set} reads the "
                                  f"synthetic corpus's {video_set} set; add it to {synthetic.sets}")
         if (synthetic.enabled and self.train.task == "classify" and not self.classify.root
                 and synthetic.sets != "all" and self.classify.dataset not in synthetic.sets):

@@ -3,14 +3,15 @@
 Accepted sources (``path``):
 
 * an mmpt_lite run folder, its ``checkpoints/`` folder or one step folder (as
-  :func:`mmpt_lite.checkpoint.resolve_run_checkpoint` reads them) -- of a masked-pretraining run
+  :func:`mmpt_lite.checkpoint.resolve_run_checkpoint` reads them) -- of a masked-pretraining or UMT run
   (``encoder.*`` keys) or of a contrastive run (``video_tower.*`` keys);
 * a state-dict file (``.safetensors``, or ``.bin``/``.pt``/``.pth`` read with ``weights_only=True``,
   optionally wrapped as ``{"model": ...}``, ``{"state_dict": ...}`` or ``{"module": ...}``) in the
   ``transformers`` VideoMAE layout (converted by :mod:`mmpt_lite.models.convert_hf`), in VideoMAE's
   original layout (``encoder.*`` = mmpt_lite names) or bare VideoViT names.
 
-Only the encoder is taken (decoder tensors are counted as ignored). Stored position tables are
+Only the encoder is taken (decoder tensors are counted as ignored). A tubelet-1 patch kernel (a UMT student's)
+is inflated over time into a tower of tubelet T (repeated, divided by T). Stored position tables are
 dropped: VideoViT recomputes its fixed sinusoid table for the actual token count, so a checkpoint
 trained at another frame count or resolution loads unchanged. Shape mismatches are errors; the
 report lists missing and unexpected keys.
@@ -89,6 +90,21 @@ def conv_tower_state(tower: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
             [k for k in state if k not in own])
 
 
+def inflate_patch_embed(encoder: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> int:
+    """A tubelet-1 patch kernel [W, 3, 1, p, p] (a UMT student's) into a tower of tubelet T > 1: repeated over
+    time and divided by T, so a static clip embeds as the frame did (I3D-style inflation). Edits ``encoder`` in
+    place; returns T, or 0 when nothing was inflated."""
+    key = "patch_embed.proj.weight"
+    source, target = encoder.get(key), own.get(key)
+    if source is None or target is None or source.shape[2] != 1 or target.shape[2] == 1:
+        return 0
+    if source.shape[:2] + source.shape[3:] != target.shape[:2] + target.shape[3:]:
+        return 0  # another mismatch: reported as one below
+    frames = target.shape[2]
+    encoder[key] = source.repeat(1, 1, frames, 1, 1) / frames
+    return frames
+
+
 def init_video_tower(model: torch.nn.Module, path: str | Path, *, strict: bool = False) -> str:
     """Load the encoder found at ``path`` into ``model.video_tower``; returns a one-line report.
 
@@ -107,6 +123,7 @@ def init_video_tower(model: torch.nn.Module, path: str | Path, *, strict: bool =
     for key in reset:
         left_out.append(key)
         del encoder[key]
+    inflated = inflate_patch_embed(encoder, own) if isinstance(tower, VideoViT) else 0
     mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in encoder.items()
                   if k in own and v.shape != own[k].shape]
     if mismatched:
@@ -123,4 +140,5 @@ def init_video_tower(model: torch.nn.Module, path: str | Path, *, strict: bool =
             f"unexpected keys: {', '.join(result.unexpected_keys) or 'none'}; "
             f"ignored (not encoder): {', '.join(f'{k} x {n}' for k, n in ignored.items()) or 'none'}"
             + (f"; re-initialised (class count differs): {', '.join(reset)}" if reset else "")
+            + (f"; patch embedding inflated from 1 to {inflated} frames (kernel / {inflated})" if inflated else "")
             + ("; position table: recomputed for the tower's token count" if isinstance(tower, VideoViT) else ""))

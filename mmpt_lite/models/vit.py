@@ -201,13 +201,31 @@ class VideoViT(nn.Module):
         ``keep_index`` (LongTensor [B, N_keep], indices into the t-major token grid): encode only
         those tokens (each still carries its own position) -> [B, N_keep, width].
         """
+        x = self.embed(video, keep_index)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def embed(self, video: torch.Tensor, keep_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch embedding plus positions, [B, N, width] (or [B, N_keep, width] for ``keep_index``)."""
         x = self.patch_embed(video)
         x = x + sinusoid_table(x.shape[1], self.width, device=x.device, dtype=x.dtype)
         if keep_index is not None:
             x = torch.gather(x, 1, keep_index[:, :, None].expand(-1, -1, self.width))
-        for block in self.blocks:
+        return x
+
+    def forward_last_blocks(self, video: torch.Tensor, keep_index: torch.Tensor | None,
+                            num_last: int) -> list[torch.Tensor]:
+        """The raw outputs (before ``norm``) of the last ``num_last`` blocks, each [B, N(_keep), width], in
+        block order: the features a distillation objective (UMT) aligns layer by layer."""
+        if not 1 <= num_last <= len(self.blocks):
+            raise ValueError(f"{num_last} block outputs asked of a {len(self.blocks)}-block ViT")
+        x, outputs = self.embed(video, keep_index), []
+        for i, block in enumerate(self.blocks):
             x = block(x)
-        return self.norm(x)
+            if i >= len(self.blocks) - num_last:
+                outputs.append(x)
+        return outputs
 
     def forward(self, video: torch.Tensor, keep_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """-> {"video_tokens": [B, N(_keep), width], "pooled": [B, width] (mean over tokens)}."""

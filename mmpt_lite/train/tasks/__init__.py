@@ -24,6 +24,7 @@ from mmpt_lite.config import ConfigError
 TASKS = {
     "milnce": "mmpt_lite.train.tasks.contrastive",  # video-text MIL-NCE or InfoNCE (loss.name)
     "mae": "mmpt_lite.train.tasks.masked",  # masked video pretraining (VideoMAE)
+    "umt": "mmpt_lite.train.tasks.umt",  # UMT stage 1: a frozen image teacher's features on the tokens it attends to
     "classify": "mmpt_lite.train.tasks.classify",  # classification fine-tuning (Kinetics / SSv2 formats)
 }
 
