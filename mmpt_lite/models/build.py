@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mmpt_lite.config import ConfigError, ModelConfig, TextTowerConfig, resolve_path
+from mmpt_lite.models.preprocess import TowerNormalised
 from mmpt_lite.models.s3d import S3D
 from mmpt_lite.models.text import (
     TransformerTextTower,
@@ -96,7 +97,7 @@ def build_text_tower(cfg: TextTowerConfig, embed_dim: int, *, vocab: Sequence[st
     return tower
 
 
-class VideoTextModel(nn.Module):
+class VideoTextModel(TowerNormalised, nn.Module):
     """A video tower and a text tower embedding into one ``embed_dim`` space.
 
     ``forward(video=None, text=None)`` returns a dict of named tensors:
@@ -143,16 +144,6 @@ class VideoTextModel(nn.Module):
     def tokenizer(self):
         """``tokenizer(texts: list[str]) -> dict[str, Tensor]`` of the text tower."""
         return self.text_tower.tokenize
-
-    @property
-    def video_mean(self) -> tuple[float, float, float]:
-        """Per-channel mean to subtract from [0, 1] RGB video (S3D: 0, ViT: ImageNet)."""
-        return self.video_tower.mean
-
-    @property
-    def video_std(self) -> tuple[float, float, float]:
-        """Per-channel std to divide [0, 1] RGB video by (S3D: 1, ViT: ImageNet)."""
-        return self.video_tower.std
 
     def encode_video(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         out = dict(self.video_tower(video))

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mmpt_lite.models.build import VIDEO_PRESETS
+from mmpt_lite.models.preprocess import TowerNormalised
 from mmpt_lite.models.s3d import S3D
 from mmpt_lite.models.vit import VideoViT
 from mmpt_lite.models.x3d import x3d_s
@@ -34,7 +35,7 @@ def classifier_presets() -> list[str]:
     return [*VIDEO_PRESETS, *CLASSIFIER_PRESETS]
 
 
-class VideoClassifier(nn.Module):
+class VideoClassifier(TowerNormalised, nn.Module):
     """A video tower and a linear class head (or a tower with its own head: ``head`` None).
 
     ``lr_layer(name)`` numbers the parameters by depth for layer-wise learning-rate decay (ViT towers:
@@ -53,14 +54,6 @@ class VideoClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = head
         self.num_classes = head.out_features if head is not None else video_tower.num_classes
-
-    @property
-    def video_mean(self) -> tuple[float, float, float]:
-        return self.video_tower.mean
-
-    @property
-    def video_std(self) -> tuple[float, float, float]:
-        return self.video_tower.std
 
     @property
     def num_lr_layers(self) -> int | None:

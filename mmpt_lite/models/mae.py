@@ -29,6 +29,7 @@ from torch import nn
 
 from mmpt_lite.config import MaeConfig
 from mmpt_lite.models.build import VIDEO_PRESETS, build_video_tower
+from mmpt_lite.models.preprocess import TowerNormalised
 from mmpt_lite.models.vit import IMAGENET_MEAN, IMAGENET_STD, Block, VideoViT, init_weights, sinusoid_table
 
 # Decoder (width, heads) by encoder width, from VideoMAE's model definitions (S, B, L, H with v2's 512 -- v1
@@ -168,7 +169,7 @@ class MaeDecoder(nn.Module):
         return self.head(self.norm(x[:, -num_predicted:]))
 
 
-class VideoMAEPretrainer(nn.Module):
+class VideoMAEPretrainer(TowerNormalised, nn.Module):
     """Masked autoencoder around a :class:`VideoViT` encoder.
 
     ``forward(video, generator)`` with ``video`` ImageNet-normalised float [B, 3, T, H, W] draws the
@@ -177,6 +178,8 @@ class VideoMAEPretrainer(nn.Module):
     hidden from the encoder), "visible_index", "decode_index", "loss_weight"}`` with
     D = 3·tubelet·patch².
     """
+
+    normalising_tower = "encoder"  # video_mean / video_std: the encoder's
 
     def __init__(self, encoder: VideoViT, *, decoder_width: int, decoder_depth: int, decoder_heads: int,
                  mask_ratio: float = 0.9, masking: str = "tube", decoder_mask_ratio: float = 0.5,
@@ -195,14 +198,6 @@ class VideoMAEPretrainer(nn.Module):
         self.decoder = MaeDecoder(decoder_width, decoder_depth, decoder_heads, self.out_dim, attention=attention)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1), persistent=False)
-
-    @property
-    def video_mean(self) -> tuple[float, float, float]:
-        return self.encoder.mean
-
-    @property
-    def video_std(self) -> tuple[float, float, float]:
-        return self.encoder.std
 
     def draw_masks(self, video_shape: torch.Size | tuple[int, ...], generator: torch.Generator) -> MaeMasks:
         """Masks for a batch of ``video_shape`` [B, 3, T, H, W], drawn on the generator's device."""

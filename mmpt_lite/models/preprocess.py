@@ -16,6 +16,22 @@ def video_to_model_input(video: torch.Tensor, mean: torch.Tensor, std: torch.Ten
     return (x - mean.view(1, 3, 1, 1, 1)) / std.view(1, 3, 1, 1, 1)
 
 
+class TowerNormalised:
+    """Mixin for a model whose input normalisation is its video tower's: ``video_mean`` / ``video_std`` (3 floats
+    each, applied to [0, 1] RGB) are the ``mean`` / ``std`` of the submodule named by ``normalising_tower``
+    (S3D: 0 / 1; ViT: ImageNet; X3D: Kinetics), which :class:`VideoInput` reads."""
+
+    normalising_tower = "video_tower"
+
+    @property
+    def video_mean(self) -> tuple[float, float, float]:
+        return getattr(self, self.normalising_tower).mean
+
+    @property
+    def video_std(self) -> tuple[float, float, float]:
+        return getattr(self, self.normalising_tower).std
+
+
 class VideoInput:
     """The conversion for one model on one device: ``VideoInput(model, device)(uint8 [B, T, H, W, 3])``.
 

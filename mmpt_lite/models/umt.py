@@ -33,6 +33,7 @@ from torch import nn
 
 from mmpt_lite.config import ConfigError, resolve_path
 from mmpt_lite.models.build import VIDEO_PRESETS
+from mmpt_lite.models.preprocess import TowerNormalised
 from mmpt_lite.models.vit import VideoViT, init_weights
 
 # OpenAI CLIP's pixel normalisation (used when a CLIP folder has no preprocessor_config.json).
@@ -246,13 +247,15 @@ class UmtDecoder(nn.Module):
         return self.norm(self.head(x))
 
 
-class UmtStudent(nn.Module):
+class UmtStudent(TowerNormalised, nn.Module):
     """``encoder`` (VideoViT, tubelet 1) + one :class:`UmtDecoder` per aligned layer (``decoders.i`` for the
     student's i-th of its last K blocks, matched with the teacher's i-th of its last K).
 
     ``forward(video [B, 3, T, H, W] ImageNet-normalised, keep_index [B, M], targets [B, K, M, D_t] or None)``
     -> {"features": [B, K, M, D_t] L2-normalised, "loss": scalar when targets are given}.
     """
+
+    normalising_tower = "encoder"  # video_mean / video_std: the encoder's
 
     def __init__(self, encoder: VideoViT, teacher_dim: int, num_layers: int):
         super().__init__()
@@ -264,14 +267,6 @@ class UmtStudent(nn.Module):
         self.encoder = encoder
         self.decoders = nn.ModuleList(UmtDecoder(encoder.width, teacher_dim) for _ in range(num_layers))
         self.decoders.apply(init_weights)
-
-    @property
-    def video_mean(self) -> tuple[float, float, float]:
-        return self.encoder.mean
-
-    @property
-    def video_std(self) -> tuple[float, float, float]:
-        return self.encoder.std
 
     def features(self, video: torch.Tensor, keep_index: torch.Tensor) -> torch.Tensor:
         """[B, K, M, D_t], not yet normalised (the compute FLOPs are counted on)."""
