@@ -23,16 +23,22 @@ from mmpt_lite.distributed import all_gather_with_grad
 MAX_INV_TEMPERATURE = 100.0
 
 
+def register_temperature(module: nn.Module, temperature: float, learn_temperature: bool) -> None:
+    """Give ``module`` a ``log_inv_temperature``: log(1 / ``loss.temperature``), a parameter when learned (CLIP's
+    parametrisation), else a buffer (so it is still saved with the model)."""
+    if temperature <= 0:
+        raise ValueError(f"loss.temperature must be > 0, got {temperature}")
+    log_inv = torch.tensor(math.log(1.0 / temperature))
+    if learn_temperature:
+        module.log_inv_temperature = nn.Parameter(log_inv)
+    else:
+        module.register_buffer("log_inv_temperature", log_inv)
+
+
 class InfoNCELoss(nn.Module):
     def __init__(self, temperature: float = 0.07, learn_temperature: bool = False):
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"loss.temperature must be > 0, got {temperature}")
-        log_inv = torch.tensor(math.log(1.0 / temperature))
-        if learn_temperature:
-            self.log_inv_temperature = nn.Parameter(log_inv)
-        else:
-            self.register_buffer("log_inv_temperature", log_inv)
+        register_temperature(self, temperature, learn_temperature)
 
     def forward(self, *, video_embedding: torch.Tensor, text_embedding: torch.Tensor,
                 num_candidates: int = 1) -> dict[str, torch.Tensor]:

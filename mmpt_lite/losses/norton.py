@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmpt_lite.distributed import all_gather_with_grad
-from mmpt_lite.losses.infonce import MAX_INV_TEMPERATURE
+from mmpt_lite.losses.infonce import MAX_INV_TEMPERATURE, register_temperature
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -223,13 +223,7 @@ class NortonLoss(nn.Module):
                  clip_epsilon: float = 1.0, paragraph_epsilon: float = 0.1, iterations: int = 50,
                  paragraph_weight: float = 0.1, bucket_percentile: float = 30.0, paragraph_temperature: float = 0.07):
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"loss.temperature must be > 0, got {temperature}")
-        log_inv = torch.tensor(math.log(1.0 / temperature))
-        if learn_temperature:
-            self.log_inv_temperature = nn.Parameter(log_inv)
-        else:
-            self.register_buffer("log_inv_temperature", log_inv)
+        register_temperature(self, temperature, learn_temperature)
         self.beta, self.clip_epsilon, self.paragraph_epsilon = beta, clip_epsilon, paragraph_epsilon
         self.iterations, self.paragraph_weight = iterations, paragraph_weight
         self.bucket_percentile, self.paragraph_temperature = bucket_percentile, paragraph_temperature
