@@ -15,6 +15,7 @@ from mmpt_lite.losses.norton import (
     faulty_negative_targets,
     norton_clip_loss,
     sinkhorn_log,
+    token_similarity,
     video_paragraph_loss,
 )
 
@@ -133,6 +134,44 @@ def test_build_loss_norton_groups():
     assert torch.isfinite(out["loss"]) and {"clip_loss", "paragraph_loss", "bucket_mass"} <= set(out)
     with pytest.raises(ValueError, match="norton: text"):
         loss(video_embedding=torch.randn(2, 4, 8), text_embedding=torch.randn(8, 8))
+
+
+def test_token_level_paragraph_loss_is_token_similarity_fed_to_the_plan():
+    """With frame and word tokens the paragraph term is video_paragraph_loss on token_similarity (captions x
+    clips), restated here, and it differs from the clip-level cosine version."""
+    gen = torch.Generator().manual_seed(3)
+    v, c, k, f, w, d = 2, 3, 2, 4, 5, 8
+    video, text = torch.randn(v, c, d, generator=gen), torch.randn(v, c, k, d, generator=gen)
+    frames, words = torch.randn(v, c, f, d, generator=gen), torch.randn(v, c, k * w, d, generator=gen)
+    mask = torch.rand(v, c, k * w, generator=gen) > 0.3
+    loss = build_loss(LossConfig(name="norton"))
+    assert loss.token_similarity  # the published setting is token-level
+    out = loss(video_embedding=video, text_embedding=text, frame_embedding=frames, word_embedding=words, word_mask=mask)
+    sim = token_similarity(frames.flatten(0, 1), words.flatten(0, 1), text_mask=mask.flatten(0, 1), alpha=0.1)
+    expected = video_paragraph_loss(video_embedding=video, text_embedding=text.mean(dim=2), similarity=sim)["loss"]
+    assert torch.allclose(out["paragraph_loss"], expected, atol=1e-6)
+    clip_level = loss(video_embedding=video, text_embedding=text)
+    assert not torch.allclose(out["paragraph_loss"], clip_level["paragraph_loss"])
+    assert torch.allclose(out["clip_loss"], clip_level["clip_loss"])  # the clip term never uses tokens
+
+
+def test_model_returns_frame_and_word_tokens_in_the_same_pass():
+    from mmpt_lite.config import ModelConfig, TextTowerConfig, VideoTowerConfig
+    from mmpt_lite.models.build import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(video=VideoTowerConfig(preset="vit_tiny_p8"),
+                                    text=TextTowerConfig(word_dim=16, hidden_dim=32), embed_dim=24),
+                        vocab=["shape", "moves", "left", "right"]).eval()
+    text = model.tokenizer(["shape moves left", "right"])
+    out = model(video=torch.randn(2, 3, 4, 32, 32), text=text, tokens=True)
+    plain = model(video=torch.randn(2, 3, 4, 32, 32), text=text)
+    assert out["frame_embedding"].shape == (2, 2, 24)  # 4 frames / tubelet 2
+    assert torch.allclose(out["text_embedding"], plain["text_embedding"])
+    tower, ids = model.text_tower, text["input_ids"]
+    words = tower.fc2(torch.relu(tower.fc1(tower.word_embd(ids))))
+    assert torch.allclose(out["text_token_embedding"], words)
+    assert torch.equal(out["text_token_mask"], ids != 0) and out["text_token_mask"][1].sum() == 1
 
 
 # --------------------------------------------------------------------------- config

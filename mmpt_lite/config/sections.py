@@ -156,14 +156,19 @@ class NortonConfig:
     paragraph_weight: float = 0.1  # weight of the video-paragraph loss; 0 = clip loss only
     bucket_percentile: float = 30.0  # the prompt bucket's value: this percentile of the aligned similarities
     paragraph_temperature: float = 0.07
+    # Clip-caption similarity inside the paragraph loss: "tokens" = NORTON's token-level log-sum-exp pooling
+    # (frame tokens of the ViT tower x caption words, soft max with alpha below); "clips" = cosine of the pooled
+    # embeddings (the only choice for S3D, which has no frame tokens).
+    paragraph_similarity: Literal["tokens", "clips"] = "tokens"
+    token_alpha: float = 0.1  # the log-sum-exp's temperature (-> max as it shrinks)
 
     def __post_init__(self) -> None:
-        checks = {"beta": 0 <= self.beta <= 1, "clip_epsilon": self.clip_epsilon > 0,
+        checks = {"beta": 0 <= self.beta <= 1, "token_alpha": self.token_alpha > 0, "clip_epsilon": self.clip_epsilon > 0,
                   "paragraph_epsilon": self.paragraph_epsilon > 0, "iterations": self.iterations >= 1,
                   "paragraph_weight": self.paragraph_weight >= 0,
                   "bucket_percentile": 0 <= self.bucket_percentile <= 100,
                   "paragraph_temperature": self.paragraph_temperature > 0}
-        ranges = {"beta": "in [0, 1]", "clip_epsilon": "> 0", "paragraph_epsilon": "> 0", "iterations": ">= 1",
+        ranges = {"beta": "in [0, 1]", "token_alpha": "> 0", "clip_epsilon": "> 0", "paragraph_epsilon": "> 0", "iterations": ">= 1",
                   "paragraph_weight": ">= 0", "bucket_percentile": "in [0, 100]", "paragraph_temperature": "> 0"}
         for name, ok in checks.items():
             if not ok:

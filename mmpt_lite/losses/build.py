@@ -26,5 +26,6 @@ def build_loss(cfg: LossConfig) -> nn.Module:
         return NortonLoss(temperature=cfg.temperature, learn_temperature=cfg.learn_temperature, beta=n.beta,
                           clip_epsilon=n.clip_epsilon, paragraph_epsilon=n.paragraph_epsilon, iterations=n.iterations,
                           paragraph_weight=n.paragraph_weight, bucket_percentile=n.bucket_percentile,
-                          paragraph_temperature=n.paragraph_temperature)
+                          paragraph_temperature=n.paragraph_temperature,
+                          token_similarity=n.paragraph_similarity == "tokens", token_alpha=n.token_alpha)
     raise ValueError(f"loss.name: unknown loss {cfg.name!r} (valid: milnce, infonce, norton)")

@@ -221,16 +221,23 @@ class NortonLoss(nn.Module):
 
     def __init__(self, *, temperature: float = 0.07, learn_temperature: bool = False, beta: float = 0.3,
                  clip_epsilon: float = 1.0, paragraph_epsilon: float = 0.1, iterations: int = 50,
-                 paragraph_weight: float = 0.1, bucket_percentile: float = 30.0, paragraph_temperature: float = 0.07):
+                 paragraph_weight: float = 0.1, bucket_percentile: float = 30.0, paragraph_temperature: float = 0.07,
+                 token_similarity: bool = False, token_alpha: float = 0.1):
         super().__init__()
         register_temperature(self, temperature, learn_temperature)
+        # True: the task passes frame and word tokens, and the paragraph loss compares them (token_similarity)
+        self.token_similarity, self.token_alpha = token_similarity, token_alpha
         self.beta, self.clip_epsilon, self.paragraph_epsilon = beta, clip_epsilon, paragraph_epsilon
         self.iterations, self.paragraph_weight = iterations, paragraph_weight
         self.bucket_percentile, self.paragraph_temperature = bucket_percentile, paragraph_temperature
 
-    def forward(self, *, video_embedding: torch.Tensor, text_embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, *, video_embedding: torch.Tensor, text_embedding: torch.Tensor,
+                frame_embedding: torch.Tensor | None = None, word_embedding: torch.Tensor | None = None,
+                word_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``video_embedding`` [V, C, D], ``text_embedding`` [V, C, K, D] -> {"loss", "clip_loss",
-        "paragraph_loss", "temperature", "v2t_accuracy", ...}."""
+        "paragraph_loss", "temperature", "v2t_accuracy", ...}. With ``frame_embedding`` [V, C, F, D] and
+        ``word_embedding`` [V, C, W, D] (``word_mask`` bool [V, C, W]; a clip's K candidates' words side by side)
+        the paragraph loss compares clips and captions token by token (:func:`token_similarity`)."""
         v, c, d = video_embedding.shape
         if text_embedding.ndim != 4 or text_embedding.shape[:2] != (v, c):
             raise ValueError(f"norton: text {tuple(text_embedding.shape)} for video groups {(v, c, d)}")
@@ -247,9 +254,16 @@ class NortonLoss(nn.Module):
                "v2t_accuracy": clip["v2t_accuracy"], "target_offdiag": clip["target_offdiag"]}
         loss = clip["loss"]
         if self.paragraph_weight > 0 and c > 1:
+            similarity = None
+            if frame_embedding is not None:
+                frames = all_gather_with_grad(frame_embedding.to(dtype)).flatten(0, 1)  # [V·C, F, D]
+                words = all_gather_with_grad(word_embedding.to(dtype)).flatten(0, 1)  # [V·C, W, D]
+                mask = all_gather_with_grad(word_mask.to(dtype)).flatten(0, 1) > 0.5
+                similarity = token_similarity(frames, words, text_mask=mask, alpha=self.token_alpha)
             paragraph = video_paragraph_loss(video_embedding=video, text_embedding=text,
                                              temperature=self.paragraph_temperature, epsilon=self.paragraph_epsilon,
-                                             iterations=self.iterations, percentile=self.bucket_percentile)
+                                             iterations=self.iterations, percentile=self.bucket_percentile,
+                                             similarity=similarity)
             loss = loss + self.paragraph_weight * paragraph["loss"]
             out.update(paragraph_loss=paragraph["loss"].detach(), bucket=paragraph["bucket"],
                        bucket_mass=paragraph["bucket_mass"])

@@ -145,10 +145,14 @@ class VideoTextModel(TowerNormalised, nn.Module):
         """``tokenizer(texts: list[str]) -> dict[str, Tensor]`` of the text tower."""
         return self.text_tower.tokenize
 
-    def encode_video(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode_video(self, video: torch.Tensor, frame_tokens: bool = False) -> dict[str, torch.Tensor]:
         out = dict(self.video_tower(video))
         if self.video_proj is None:
             return out
+        if frame_tokens:  # [B, T', D]: each temporal slice's tokens averaged, then projected (NORTON's frame tokens)
+            t, h, w = self.video_tower.token_grid(video.shape)
+            tokens = out["video_tokens"]
+            out["frame_embedding"] = self.video_proj(tokens.view(tokens.shape[0], t, h * w, -1).mean(dim=2))
         if self.pool == "max":  # [B, N, width] -> [B, N, D] -> [B, D]
             out["video_embedding"] = self.video_proj(out["video_tokens"]).amax(dim=1)
         else:
@@ -159,12 +163,18 @@ class VideoTextModel(TowerNormalised, nn.Module):
         # [B, K, L] candidate groups flatten to [B·K, L]: row i·K + k is caption k of video i.
         return self.text_tower({name: ids.reshape(-1, ids.shape[-1]) for name, ids in text.items()})
 
-    def forward(self, video: torch.Tensor | None = None,
-                text: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, video: torch.Tensor | None = None, text: dict[str, torch.Tensor] | None = None,
+                tokens: bool = False) -> dict[str, torch.Tensor]:
+        """``tokens``: also ``frame_embedding`` [B, T', D] (ViT towers) and ``text_token_embedding`` [N, L, D] with
+        ``text_token_mask`` bool [N, L], in the same pass (NORTON's token-level similarity)."""
         out: dict[str, torch.Tensor] = {}
         if video is not None:
-            out.update(self.encode_video(video))
-        if text is not None:
+            out.update(self.encode_video(video, frame_tokens=tokens))
+        if text is not None and tokens:
+            flat = {name: ids.reshape(-1, ids.shape[-1]) for name, ids in text.items()}
+            out["text_embedding"], out["text_token_embedding"], out["text_token_mask"] = \
+                self.text_tower.forward_with_tokens(flat)
+        elif text is not None:
             out["text_embedding"] = self.encode_text(text)
         return out
 

@@ -122,6 +122,13 @@ class Word2VecTextTower(nn.Module):
         x = F.relu(self.fc1(self.word_embd(tokens["input_ids"])))
         return self.fc2(x.max(dim=1).values)
 
+    def forward_with_tokens(self, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sentence embeddings [N, D], word embeddings [N, L, D], word mask bool [N, L]) in one pass: each word's
+        ReLU(fc1) through fc2 (fc2 is linear, so these are the words the sentence embedding max-pools)."""
+        ids = tokens["input_ids"]
+        x = F.relu(self.fc1(self.word_embd(ids)))
+        return self.fc2(x.max(dim=1).values), self.fc2(x), ids != 0
+
 
 class TextModelNotFoundError(FileNotFoundError):
     """A transformers text model folder does not exist (nothing is ever downloaded)."""
@@ -171,3 +178,12 @@ class TransformerTextTower(nn.Module):
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         return self.proj(pooled)
+
+    def forward_with_tokens(self, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sentence embeddings [N, D], token embeddings [N, L, D], token mask bool [N, L]) in one pass: each
+        token's last hidden state through the projection (linear, so the sentence is their masked mean)."""
+        mask = tokens["attention_mask"]
+        hidden = self.encoder(input_ids=tokens["input_ids"], attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return self.proj(pooled), self.proj(hidden), mask.bool()

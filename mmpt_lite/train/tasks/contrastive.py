@@ -37,7 +37,8 @@ class ContrastiveTask(Task):
         batch = batch.to(self.device)
         video = self.video_input(batch.video)
         b, num_candidates = next(iter(batch.text.values())).shape[:2]  # [B, K, L]
-        out = module(video=video, text=batch.text_tower_input())
+        tokens = getattr(self.loss_fn, "token_similarity", False)  # NORTON's token-level paragraph similarity
+        out = module(video=video, text=batch.text_tower_input(), **({"tokens": True} if tokens else {}))
         text_embedding = out["text_embedding"].float()
         extra = {}
         if batch.negative_text is not None:
@@ -47,8 +48,10 @@ class ContrastiveTask(Task):
         # The loss in fp32 also under bf16 autocast: MIL-NCE's logits (~10-50) would keep 2-3 significant digits.
         with torch.autocast(self.device.type, enabled=False):
             if getattr(self.loss_fn, "grouped", False):  # NORTON: [V, C, D] videos of C consecutive clips
-                result = self.loss_fn(**self.groups(batch, out["video_embedding"].float(), text_embedding,
-                                                    num_candidates))
+                groups = self.groups(batch, out["video_embedding"].float(), text_embedding, num_candidates)
+                if tokens:
+                    groups.update(self.token_groups(out, b, num_candidates))
+                result = self.loss_fn(**groups)
             else:
                 result = self.loss_fn(video_embedding=out["video_embedding"].float(), text_embedding=text_embedding,
                                       num_candidates=num_candidates, **extra)
@@ -66,6 +69,20 @@ class ContrastiveTask(Task):
                              f"data.clips_per_video={c} per video: {batch.video_index.tolist()}")
         return {"video_embedding": video.view(b // c, c, d),
                 "text_embedding": text.view(b // c, c, num_candidates, text.shape[-1])}
+
+    def token_groups(self, out: dict, b: int, num_candidates: int) -> dict:
+        """The model's frame tokens [B, F, D] -> [V, C, F, D] and the candidates' word tokens [B·K, L, D] (hard
+        negatives, after them, left out) -> [V, C, K·L, D] with their mask, for a token-level paragraph loss."""
+        if "frame_embedding" not in out:
+            raise ValueError("loss.norton.paragraph_similarity: 'tokens' needs a ViT video tower (frame tokens); "
+                             "S3D has none: use 'clips'")
+        c = self.clips_per_video
+        frames = out["frame_embedding"].float()
+        words = out["text_token_embedding"][:b * num_candidates].float()
+        mask = out["text_token_mask"][:b * num_candidates]
+        return {"frame_embedding": frames.view(b // c, c, *frames.shape[1:]),
+                "word_embedding": words.reshape(b // c, c, num_candidates * words.shape[1], words.shape[-1]),
+                "word_mask": mask.reshape(b // c, c, num_candidates * mask.shape[1])}
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.loss_fn]  # e.g. InfoNCE's learnable temperature
