@@ -34,16 +34,22 @@ from mmpt_lite.train.tasks.masked import MaskedTask
 from mmpt_lite.train.tasks.umt import UmtTask, kept_per_frame
 
 
-def time_steps(model, task, video, steps: int, warmup: int) -> list[float]:
-    """Seconds per training step (forward, backward, AdamW) after ``warmup`` untimed steps."""
+def time_steps(model, task, video, steps: int, warmup: int, bf16: bool = False) -> list[float]:
+    """Seconds per training step (forward, backward, AdamW) after ``warmup`` untimed steps; under bf16 autocast
+    when ``bf16`` (as the trainer runs on a GPU), synchronised with the device before each clock read."""
+    device = next(model.parameters()).device
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batch, times = SimpleNamespace(video=video), []
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for i in range(warmup + steps):
+        sync()
         start = time.perf_counter()
-        loss = task.step(model, batch)["loss"]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = task.step(model, batch)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return times
@@ -61,30 +67,34 @@ def main() -> None:
     parser.add_argument("--mask-ratio", type=float, default=0.9, help="VideoMAE tube mask ratio")
     parser.add_argument("--align-layers", type=int, default=4)
     parser.add_argument("--teacher", default="vit", help="'vit' (random ViT of the preset) or a local CLIP folder")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: bf16 autocast, as training")
     args = parser.parse_args()
-    device = torch.device("cpu")
+    device = torch.device(args.device)
+    bf16 = device.type == "cuda"
     torch.manual_seed(0)
     video = torch.randint(0, 256, (args.batch, args.frames, args.size, args.size, 3), dtype=torch.uint8)
 
     mae = build_mae_pretrainer(args.preset, MaeConfig(mask_ratio=args.mask_ratio))
     t, h, w = mae.encoder.token_grid((1, 3, args.frames, args.size, args.size))
     mae_tokens = t * (h * w - int(args.mask_ratio * h * w))
-    mae_times = time_steps(mae, MaskedTask(mae, StepSeeds(0, 0), device), video, args.steps, args.warmup)
+    mae = mae.to(device)
+    mae_times = time_steps(mae, MaskedTask(mae, StepSeeds(0, 0), device), video, args.steps, args.warmup, bf16)
 
     if args.teacher == "vit":
         spec = {k: v for k, v in VIDEO_PRESETS[args.preset].items() if k != "arch"}
         teacher = VitTeacher(VideoViT(**{**spec, "tubelet_size": 1}), args.align_layers)
     else:
         teacher = load_teacher("clip", args.teacher, args.align_layers)
-    umt = build_umt_student(args.preset, teacher.out_dim, args.align_layers)
+    umt = build_umt_student(args.preset, teacher.out_dim, args.align_layers).to(device)
     per_frame = (args.size // umt.encoder.patch_size) ** 2
     umt_tokens = args.frames * kept_per_frame(per_frame, args.keep)
     umt_task = UmtTask(umt, teacher, args.keep, StepSeeds(0, 0), device)
-    umt_times = time_steps(umt, umt_task, video, args.steps, args.warmup)
+    umt_times = time_steps(umt, umt_task, video, args.steps, args.warmup, bf16)
 
     mae_rate = args.batch / statistics.median(mae_times)
     umt_rate = args.batch / statistics.median(umt_times)
-    print(f"{args.preset}, {args.frames}x{args.size}², batch {args.batch}, {torch.get_num_threads()} threads, "
+    where = torch.cuda.get_device_name(device) + ", bf16" if bf16 else f"{torch.get_num_threads()} threads"
+    print(f"{args.preset}, {args.frames}x{args.size}², batch {args.batch}, {where}, "
           f"{args.steps} timed steps; UMT teacher: {args.teacher} ({args.frames * per_frame} tokens per clip, "
           "forward only)")
     print("| objective | student tubelet | student tokens / clip | student tokens / step | s / step | clips/s | vs MAE |")

@@ -17,6 +17,8 @@ reported as skipped, never left half-run):
   deepspeed  ``train.strategy: deepspeed`` (ZeRO-2 where the config has a stage key) on the visible GPUs;
              'not available' without deepspeed or without that switch
   videomae   bench_videomae_gpu.py's throughput table (shortened: ``--videomae_args``), synthetic then loader input
+  umt        bench_umt_vs_mae.py on the GPU: UMT stage 1 against VideoMAE at ViT-B/16, 8×224², bf16 (student
+             tokens per step, clips/s, ratio)
 
 Writes ``docs/gpu_check_<device>_<date>.json`` and ``.md``. Exit status 1 when a check failed, else 0.
 Without a CUDA GPU it says so and exits 0: nothing here means anything on a CPU.
@@ -305,6 +307,21 @@ def check_videomae(ctx: Check, extra: str) -> dict:
             "header": header, "rows": rows}
 
 
+def check_umt(ctx: Check) -> dict:
+    cmd = [sys.executable, "benchmarks/bench_umt_vs_mae.py", "--device", "cuda", "--preset", "vit_b", "--size", "224",
+           "--frames", "8", "--batch", "32", "--align-layers", "6", "--steps", "10"]
+    try:
+        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max(1.0, ctx.left() - 10))
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "detail": "timed out"}
+    table = [line for line in r.stdout.splitlines() if line.startswith("|")]
+    if r.returncode != 0 or len(table) != 4:
+        return {"status": "failed", "detail": f"exit {r.returncode}: {(r.stdout + r.stderr).strip()[-600:]}"}
+    ratio = table[-1].rstrip(" |").rsplit("|", 1)[-1].strip()
+    return {"status": "ok", "detail": f"UMT / VideoMAE clips/s at ViT-B/16 8×224²: {ratio}",
+            "table": [r.stdout.splitlines()[0], *table]}
+
+
 # --------------------------------------------------------------------------- report
 def markdown(report: dict) -> str:
     lines = [f"# GPU check: {report['device']} ({report['date']})", "",
@@ -322,6 +339,9 @@ def markdown(report: dict) -> str:
             mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
             lines.append(f"| {r['input']} | {r['compile']} | {r['batch']} | {r['videos_per_s']:.1f} | {mfu} | "
                          f"{r['peak_memory_gib']:.2f} | {r['loss']:.4f} |")
+    umt = report["checks"].get("umt", {})
+    if umt.get("table"):
+        lines += ["", "## UMT stage 1 against VideoMAE (bench_umt_vs_mae.py)", "", *umt["table"]]
     return "\n".join(lines) + "\n"
 
 
@@ -341,8 +361,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 CHECKS = {"ddp_nccl": check_ddp_nccl, "bf16": check_bf16, "attention": check_attention, "compile": check_compile,
-          "dali": check_dali, "deepspeed": check_deepspeed, "videomae": None}
-MIN_SECONDS = {"ddp_nccl": 60, "bf16": 60, "attention": 20, "compile": 90, "dali": 60, "deepspeed": 90, "videomae": 90}
+          "dali": check_dali, "deepspeed": check_deepspeed, "videomae": None, "umt": check_umt}
+MIN_SECONDS = {"ddp_nccl": 60, "bf16": 60, "attention": 20, "compile": 90, "dali": 60, "deepspeed": 90, "videomae": 90,
+               "umt": 60}
 
 
 def main(argv=None) -> int:
