@@ -61,6 +61,18 @@ class Task:
         pass
 
 
+class SeededTask(Task):
+    """A task whose only resumable state is its :class:`StepSeeds` (``self.seeds``): masks, token draws, mixup."""
+
+    seeds: StepSeeds
+
+    def state_dict(self) -> dict:
+        return self.seeds.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seeds.load_state_dict(state)
+
+
 @dataclass
 class Components:
     """What a task builds for a run; the trainer, loader and loop are shared."""

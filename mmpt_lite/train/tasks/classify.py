@@ -31,7 +31,7 @@ from mmpt_lite.losses.classify import soft_target_cross_entropy
 from mmpt_lite.models.classifier import VideoClassifier, build_classifier
 from mmpt_lite.models.flops import TRAIN_FLOPS_PER_MAC, param_count, video_macs_per_video
 from mmpt_lite.models.preprocess import VideoInput
-from mmpt_lite.train.tasks.base import Components, StepSeeds, Task
+from mmpt_lite.train.tasks.base import Components, SeededTask, StepSeeds
 
 log = logging.getLogger("mmpt_lite")
 
@@ -65,7 +65,7 @@ def prepare(cfg: RunConfig, *, build: bool) -> PreparedData:
                         caption_store=None, msrvtt_csv=None, msrvtt_root=None)
 
 
-class ClassifyTask(Task):
+class ClassifyTask(SeededTask):
     """uint8 batch -> normalised video -> mixup/CutMix with smoothed targets -> logits -> soft-target CE."""
 
     def __init__(self, model: VideoClassifier, settings: MixupSettings, seeds: StepSeeds, device: torch.device):
@@ -81,12 +81,6 @@ class ClassifyTask(Task):
         # against the clips' own labels: with mixing on, a trend rather than an accuracy
         top1 = (logits.detach().argmax(dim=-1) == batch.label).float().mean()
         return {"loss": loss, "batch_size": video.shape[0], "train_top1": top1}
-
-    def state_dict(self) -> dict:
-        return self.seeds.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seeds.load_state_dict(state)
 
 
 def describe(cfg: RunConfig) -> str:

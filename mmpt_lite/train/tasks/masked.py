@@ -22,12 +22,12 @@ from mmpt_lite.data.video_sets import prepare_mae_data as prepare  # noqa: F401 
 from mmpt_lite.models.flops import TRAIN_FLOPS_PER_MAC, mae_macs_per_video, param_count
 from mmpt_lite.models.mae import VideoMAEPretrainer, build_mae_pretrainer
 from mmpt_lite.models.preprocess import VideoInput
-from mmpt_lite.train.tasks.base import Components, StepSeeds, Task
+from mmpt_lite.train.tasks.base import Components, SeededTask, StepSeeds
 
 log = logging.getLogger("mmpt_lite")
 
 
-class MaskedTask(Task):
+class MaskedTask(SeededTask):
     """uint8 batch -> normalised video on the device -> masks from ``seeds`` (one generator per micro-batch, so a
     resumed run draws the masks an uninterrupted run would have drawn) -> the model's loss."""
 
@@ -39,12 +39,6 @@ class MaskedTask(Task):
         video = self.video_input(batch.video)
         out = module(video, generator=self.seeds.next_generator(self.device))
         return {"loss": out["loss"], "batch_size": video.shape[0]}
-
-    def state_dict(self) -> dict:
-        return self.seeds.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seeds.load_state_dict(state)
 
 
 def describe(cfg: RunConfig) -> str:

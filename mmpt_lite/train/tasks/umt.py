@@ -31,7 +31,7 @@ from mmpt_lite.models.umt import (
     load_teacher,
     select_tokens,
 )
-from mmpt_lite.train.tasks.base import Components, StepSeeds, Task
+from mmpt_lite.train.tasks.base import Components, SeededTask, StepSeeds
 
 log = logging.getLogger("mmpt_lite")
 
@@ -41,7 +41,7 @@ def kept_per_frame(tokens_per_frame: int, keep_ratio: float) -> int:
     return tokens_per_frame - int((1.0 - keep_ratio) * tokens_per_frame)
 
 
-class UmtTask(Task):
+class UmtTask(SeededTask):
     """uint8 batch [B, T, H, W, 3] -> teacher targets [B·T, K, N, D_t] and attention [B·T, N] -> kept ids
     [B·T, k] -> student loss on [B, T·k] tokens."""
 
@@ -73,12 +73,6 @@ class UmtTask(Task):
         out = module(student, frame_index_to_clip(index, frames_per_clip, tokens),
                      gather_frame_targets(targets, index, frames_per_clip))
         return {"loss": out["loss"], "batch_size": student.shape[0]}
-
-    def state_dict(self) -> dict:
-        return self.seeds.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seeds.load_state_dict(state)
 
 
 class _StudentFeatures(nn.Module):
