@@ -3,8 +3,9 @@
 local_single  the training entry point in this process (one rank)
 local_small   torchrun with ``launch.nproc_local_small`` processes (2; gloo on CPU, nccl on GPU)
 local_big     torchrun over every local GPU (``launch.nproc_local_big``, 8, when none is visible)
-slurm         an sbatch script: one srun task per node, each running torchrun with the c10d
-              rendezvous on the first node of the allocation; submitted with sbatch when present
+slurm         an sbatch script (mmpt_lite.slurm): one srun task per node, each running torchrun with the
+              c10d rendezvous on the first node of the allocation; checked against the partition, the
+              inputs prepared here, then submitted with sbatch when present (--wait follows the job)
 
 Workers never re-read the user's YAML: the launcher writes the resolved config to
 ``<train.output_dir>/config.yaml`` and every rank loads that file, so what ran is what was saved.
@@ -15,18 +16,18 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from mmpt_lite.config import ConfigError, RunConfig, dump_config, load_config, resolve_path, save_config
-from mmpt_lite.fileio import atomic_write_text
+from mmpt_lite.slurm import launch_slurm
 from mmpt_lite.train.tasks import get_task
 
 JOB_TYPES = ("local_single", "local_small", "local_big", "slurm")
 TRAIN_MODULE = "mmpt_lite.train.main"
+# slurm conveniences on the command line; each is the same as --set launch.<name>=...
+SLURM_OPTIONS = ("nodes", "gpus_per_node", "nproc_per_node", "cpus_per_task", "mem", "partition", "time", "account")
 
 
 def _torchrun(nproc: int, config_path: Path, extra: list[str] | None = None) -> list[str]:
@@ -61,45 +62,6 @@ def build_command(cfg: RunConfig, jobtype: str, config_path: Path) -> list[str]:
     return _torchrun(local_ranks(cfg, jobtype), config_path)
 
 
-def render_sbatch(cfg: RunConfig, config_path: Path, workdir: Path) -> str:
-    """A complete sbatch script for ``cfg.launch`` (nodes × gpus_per_node ranks)."""
-    lc = cfg.launch
-    log_dir = resolve_path(lc.script_dir)
-    header = [
-        "#!/bin/bash",
-        f"#SBATCH --job-name={lc.job_name}",
-        f"#SBATCH --nodes={lc.nodes}",
-        "#SBATCH --ntasks-per-node=1",  # one torchrun per node; torchrun forks the GPU ranks
-        f"#SBATCH --gpus-per-node={lc.gpus_per_node}",
-        f"#SBATCH --cpus-per-task={lc.cpus_per_task}",
-        f"#SBATCH --mem={lc.mem}",
-        f"#SBATCH --time={lc.time}",
-        f"#SBATCH --output={log_dir}/%x-%j.out",
-    ]
-    if lc.partition:
-        header.append(f"#SBATCH --partition={lc.partition}")
-    if lc.account:
-        header.append(f"#SBATCH --account={lc.account}")
-    torchrun = [
-        shlex.quote(sys.executable), "-m", "torch.distributed.run",
-        "--nnodes=$SLURM_NNODES", f"--nproc_per_node={lc.gpus_per_node}",
-        "--rdzv_id=$SLURM_JOB_ID", "--rdzv_backend=c10d", '--rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT"',
-        "-m", TRAIN_MODULE, shlex.quote(str(config_path)),
-    ]
-    body = [
-        "",
-        "set -euo pipefail",
-        f"cd {shlex.quote(str(workdir))}",
-        "# Rendezvous on the first node of the allocation.",
-        'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        f"export MASTER_PORT={lc.master_port}",
-        f"export OMP_NUM_THREADS={max(1, lc.cpus_per_task // max(1, lc.gpus_per_node))}",
-        "srun --kill-on-bad-exit=1 " + " ".join(torchrun),
-        "",
-    ]
-    return "\n".join(header + body)
-
-
 def describe_run(cfg: RunConfig, jobtype: str) -> str:
     """The main job's first line: which data and which model preset."""
     d = cfg.data
@@ -118,17 +80,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dryrun", action="store_true", help="print the command/script and resolved config; launch nothing")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.max_steps=200 (repeatable)")
-    # slurm conveniences; each is the same as --set launch.<name>=...
-    for name in ("nodes", "gpus_per_node", "partition", "time", "account"):
+    for name in SLURM_OPTIONS:
         p.add_argument(f"--{name}", default=None)
+    p.add_argument("--wait", action="store_true",
+                   help="slurm: follow the job (its log streamed) until it ends and exit with its status")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     overrides = list(args.overrides)
-    overrides += [f"launch.{n}={getattr(args, n)}" for n in ("nodes", "gpus_per_node", "partition", "time", "account")
-                  if getattr(args, n) is not None]
+    overrides += [f"launch.{n}={getattr(args, n)}" for n in SLURM_OPTIONS if getattr(args, n) is not None]
     try:
         cfg = load_config(args.config, overrides)
         get_task(cfg.train.task)
@@ -143,11 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         from mmpt_lite.pipeline import run_pipeline
         return run_pipeline(cfg, overrides, jobtype=args.jobtype, dryrun=args.dryrun, run_stage=launch_run,
                             ranks=local_ranks(cfg, args.jobtype))
-    return launch_run(cfg, args.jobtype, args.dryrun)
+    return launch_run(cfg, args.jobtype, args.dryrun, wait=args.wait)
 
 
-def launch_run(cfg: RunConfig, jobtype: str, dryrun: bool) -> int:
-    """One run of ``cfg`` (a plain config or one stage of a staged one) through ``jobtype``'s path."""
+def launch_run(cfg: RunConfig, jobtype: str, dryrun: bool, *, wait: bool = False) -> int:
+    """One run of ``cfg`` (a plain config or one stage of a staged one) through ``jobtype``'s path; ``wait``:
+    a slurm job is followed to its end (its exit status is returned)."""
     try:
         task = get_task(cfg.train.task)
     except ConfigError as exc:
@@ -157,20 +120,7 @@ def launch_run(cfg: RunConfig, jobtype: str, dryrun: bool) -> int:
     config_path = out_dir / "config.yaml"
     workdir = Path.cwd()
     if jobtype == "slurm":
-        script = render_sbatch(cfg, config_path, workdir)
-        script_path = resolve_path(cfg.launch.script_dir) / f"{cfg.launch.job_name}-{time.strftime('%Y%m%d-%H%M%S')}.sbatch"
-        if dryrun:
-            print(f"# sbatch script (would be written to {script_path})\n{script}")
-            print(f"# resolved config (would be written to {config_path})\n{dump_config(cfg)}")
-            return 0
-        save_config(cfg, config_path)
-        script_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(script_path, script)
-        print(f"wrote sbatch script: {script_path}")
-        if shutil.which("sbatch"):
-            return subprocess.call(["sbatch", str(script_path)])
-        print(f"sbatch not found on this machine; submit it on the cluster with: sbatch {script_path}")
-        return 0
+        return _launch_slurm(cfg, task, config_path, workdir, dryrun=dryrun, wait=wait)
 
     cmd = build_command(cfg, jobtype, config_path)
     if dryrun:
@@ -200,3 +150,22 @@ def launch_run(cfg: RunConfig, jobtype: str, dryrun: bool) -> int:
     if not env.get("OMP_NUM_THREADS"):  # torchrun's default (an empty value counts as unset): one core per rank
         env["OMP_NUM_THREADS"] = "1"
     return subprocess.call(cmd, env=env)
+
+
+def _launch_slurm(cfg: RunConfig, task, config_path: Path, workdir: Path, *, dryrun: bool, wait: bool) -> int:
+    """The slurm job type (mmpt_lite.slurm), its errors as one line: 2 for the config, 1 for the cluster."""
+    def prepare(c: RunConfig) -> RunConfig:
+        from mmpt_lite.train.logging import setup_logging
+
+        setup_logging(0)
+        print(describe_run(c, "slurm"), flush=True)
+        return task.prepare(c, build=True).cfg  # once, here: ranks on every node only read the inputs
+
+    try:
+        return launch_slurm(cfg, config_path, workdir, dryrun=dryrun, wait=wait, prepare=prepare)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # preparing the inputs, or a slurm command
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -362,18 +362,46 @@ class EvalConfig:
 
 @dataclass(kw_only=True)
 class LaunchConfig:
+    """How locallaunch.py starts ranks; all but the nproc_local_* keys are the slurm job's (docs/cluster.md)."""
+
     nproc_local_small: int = 2
     nproc_local_big: int = 8
     nodes: int = 1
-    gpus_per_node: int = 8
-    cpus_per_task: int = 10
+    gpus_per_node: int = 8  # 0 = a CPU-only allocation (no --gpus-per-node line)
+    nproc_per_node: int = 0  # ranks torchrun starts per node; 0 = auto: gpus_per_node, 1 on CPU-only nodes
+    cpus_per_task: int = 10  # each node's one task (torchrun + its ranks); OMP threads per rank = this // ranks
     mem: str = "0"  # slurm --mem; "0" = all of the node's memory
     time: str = "72:00:00"
-    partition: str = ""
+    partition: str = ""  # "" = the cluster's default partition
     account: str = ""
     job_name: str = "mmpt_lite"
-    master_port: int = 29500
-    script_dir: str = "runs/slurm"
+    master_port: int = 0  # the rendezvous port on the first node; 0 = 20000 + job id % 20000 (no clash on shared nodes)
+    script_dir: str = "runs/slurm"  # sbatch scripts and job logs (<job_name>-<job id>.out)
+    # USR1 to the batch script this many seconds before the time limit: the ranks checkpoint, stop, and the
+    # job requeues itself to resume (0 = no warning signal). Also torchrun's wait for its ranks after SIGTERM.
+    signal_seconds: int = 120
+    requeue: bool = True  # a job whose ranks stopped on a signal (preempted.json) is requeued and resumes
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.nproc_per_node or self.gpus_per_node or 1
+
+    def __post_init__(self) -> None:
+        for key in ("nodes", "cpus_per_task"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"launch.{key}: {getattr(self, key)} must be at least 1")
+        for key in ("gpus_per_node", "nproc_per_node", "signal_seconds"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"launch.{key}: {getattr(self, key)} must be 0 or more")
+        if not 0 <= self.master_port < 65536:
+            raise ConfigError(f"launch.master_port: {self.master_port} must be 0 (from the job id) or a TCP port")
+        if self.gpus_per_node and self.nproc_per_node > self.gpus_per_node:
+            raise ConfigConflict(f"launch.nproc_per_node: {self.nproc_per_node} ranks per node would share "
+                                 f"launch.gpus_per_node={self.gpus_per_node} GPUs; use at most one rank per GPU")
+        if self.ranks_per_node > self.cpus_per_task:
+            raise ConfigConflict(f"launch.cpus_per_task: {self.cpus_per_task} CPUs cannot hold "
+                                 f"{self.ranks_per_node} ranks per node (launch.nproc_per_node, auto = "
+                                 "launch.gpus_per_node); give each rank at least one CPU")
 
 
 # A stage's overrides: dotted keys of this file's sections (``train.max_steps: 300``; nested mappings are read
