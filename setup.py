@@ -94,4 +94,5 @@ setup(
     packages=find_packages(include=["mmpt_lite", "mmpt_lite.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
+    entry_points={"console_scripts": ["mmpt-lite=mmpt_lite.commands:main"]},
 )

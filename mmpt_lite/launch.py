@@ -16,12 +16,16 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from mmpt_lite import lifetime
 from mmpt_lite.config import ConfigError, RunConfig, dump_config, load_config, resolve_path, save_config
 from mmpt_lite.slurm import launch_slurm
+from mmpt_lite.train.preemption import PREEMPTED_EXIT, read_marker
 from mmpt_lite.train.tasks import get_task
 
 JOB_TYPES = ("local_single", "local_small", "local_big", "slurm")
@@ -128,6 +132,19 @@ def launch_run(cfg: RunConfig, jobtype: str, dryrun: bool, *, wait: bool = False
         print(f"# resolved config (would be written to {config_path})\n{dump_config(cfg)}")
         return 0
 
+    try:  # one run per folder, and no rank of a killed earlier run still writing it
+        owner = lifetime.RunLock(out_dir).acquire()
+        lifetime.wait_for_previous_ranks(out_dir)
+    except lifetime.RunFolderBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _run_locked(cfg, task, jobtype, cmd, out_dir, config_path)
+    finally:
+        owner.release()
+
+
+def _run_locked(cfg: RunConfig, task, jobtype: str, cmd: list[str], out_dir: Path, config_path: Path) -> int:
     from mmpt_lite.train.logging import setup_logging
 
     setup_logging(0)
@@ -149,7 +166,55 @@ def launch_run(cfg: RunConfig, jobtype: str, dryrun: bool, *, wait: bool = False
     env = dict(os.environ)
     if not env.get("OMP_NUM_THREADS"):  # torchrun's default (an empty value counts as unset): one core per rank
         env["OMP_NUM_THREADS"] = "1"
-    return subprocess.call(cmd, env=env)
+    env.update({lifetime.LAUNCHER_PID_ENV: str(os.getpid()), lifetime.RUN_DIR_ENV: str(out_dir.resolve()),
+                lifetime.LOCK_HELD_ENV: str(out_dir)})
+    return run_torchrun(cmd, env, out_dir)
+
+
+def run_torchrun(cmd: list[str], env: dict[str, str], out_dir: Path) -> int:
+    """Run torchrun as this launcher's child: it dies with the launcher, and the launcher passes signals on.
+
+    torchrun runs in a session of its own, so a terminal's or scheduler's signal reaches the run once,
+    through this process. SIGTERM and SIGUSR1 go to the ranks as SIGTERM (each writes its part of a
+    checkpoint and stops; they exit 0, so torchrun ends quietly); SIGINT goes to torchrun. A launcher
+    killed outright takes torchrun with it (PR_SET_PDEATHSIG) and the ranks follow within a second (their
+    orphan watchdog). Returns torchrun's status, or 75 when the ranks stopped on a signal (they wrote
+    ``preempted.json``).
+    """
+    started = time.time()
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=lifetime.die_with_parent)
+
+    stop_pending = False
+
+    def forward(signum, _frame):
+        nonlocal stop_pending
+        if signum == signal.SIGINT:
+            proc.send_signal(signal.SIGINT)
+        else:
+            stop_pending = True  # delivered to the ranks below, as soon as torchrun has started them
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                status = proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            ranks = lifetime.child_pids(proc.pid) if stop_pending else []
+            for pid in ranks:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            stop_pending = stop_pending and not ranks
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    marker = out_dir / "preempted.json"
+    if read_marker(out_dir) is not None and marker.stat().st_mtime >= started - 1:
+        return PREEMPTED_EXIT
+    return status
 
 
 def _launch_slurm(cfg: RunConfig, task, config_path: Path, workdir: Path, *, dryrun: bool, wait: bool) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -276,7 +277,8 @@ class TrainLoader:
                                        seed_group=self.seed_group)
             loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                                 collate_fn=self.collate_fn, pin_memory=self.pin_memory, generator=self._generator(),
-                                persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+                                persistent_workers=False, prefetch_factor=4 if self.num_workers else None,
+                                worker_init_fn=_ignore_stop_signals if self.num_workers else None)
             for step, batch in enumerate(loader, start=start):
                 self.position = DataPosition(epoch, step + 1)
                 yield batch
@@ -299,10 +301,19 @@ class TrainLoader:
                                          group=self.group, seed_group=self.seed_group)
         loader = DataLoader(_PositionTagged(self.dataset), batch_sampler=sampler, num_workers=self.num_workers,
                             collate_fn=functools.partial(_collate_tagged, self.collate_fn), pin_memory=self.pin_memory,
-                            generator=self._generator(), prefetch_factor=4 if self.num_workers else None)
+                            generator=self._generator(), prefetch_factor=4 if self.num_workers else None,
+                            worker_init_fn=_ignore_stop_signals if self.num_workers else None)
         for batch, (epoch, step) in loader:
             self.position = DataPosition(epoch, step + 1)  # as the per-epoch path: (e, steps) == (e + 1, 0)
             yield batch
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Loader workers leave SIGTERM / SIGUSR1 to their rank. A scheduler signals every process of a job; a
+    worker that died of it would make the rank fail before it could write its preemption checkpoint. The
+    rank ends its workers itself, and they exit on their own when the rank dies (torch's parent check)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 class _ShuffledEpochsSampler:

@@ -6,8 +6,14 @@ locallaunch.py runs this in-process (local_single) or under torchrun (local_smal
 
 from __future__ import annotations
 
-import json
+from mmpt_lite import lifetime  # stdlib only, so it is in place before the slow imports below
+
+if __name__ == "__main__":  # a rank process: keep a stop signal that arrives while torch is being imported
+    lifetime.defer_stop_signals()
+
+import json  # noqa: E402
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +23,7 @@ from mmpt_lite import distributed as mdist
 from mmpt_lite.config import ConfigError, RunConfig, load_config, resolve_path, save_config
 from mmpt_lite.data.loader import TrainLoader
 from mmpt_lite.train.logging import setup_logging
+from mmpt_lite.train.preemption import PREEMPTED_EXIT, Preempted, StopRequests, clear_marker
 from mmpt_lite.train.tasks import get_task
 from mmpt_lite.train.trainer import NonFiniteLossError, Trainer
 
@@ -47,6 +54,7 @@ def print_final_table(init: dict | None, final: dict | None, out_dir: Path) -> N
 
 
 def run(cfg: RunConfig) -> int:
+    stop = StopRequests()  # before the process group: a signal during start-up is acted on at step one
     device = pick_device(cfg.train.device)
     info = mdist.init_distributed(device)
     setup_logging(info.rank)
@@ -76,8 +84,10 @@ def run(cfg: RunConfig) -> int:
         else:
             loader = TrainLoader(parts.dataset, **loader_options)
         trainer = Trainer(cfg, model=parts.model, task=parts.task, loader=loader, device=device, out_dir=out_dir,
-                          eval_fn=parts.eval_fn, flops_per_video=parts.flops_per_video)
+                          eval_fn=parts.eval_fn, flops_per_video=parts.flops_per_video, stop=stop)
         resumed = trainer.maybe_resume()
+        if info.is_main:
+            clear_marker(out_dir)  # this run continues from wherever a stop left it
         init_path = out_dir / "eval_init.json"
         if not resumed and trainer.eval_fn is not None:  # the same architecture at its random initialisation
             init = trainer.evaluate()
@@ -98,6 +108,8 @@ def run(cfg: RunConfig) -> int:
             if final is not None:
                 (out_dir / "eval_final.json").write_text(json.dumps(final))
         return 0
+    except Preempted:
+        return PREEMPTED_EXIT
     except NonFiniteLossError as exc:
         log.error("%s", exc)
         return 3
@@ -105,6 +117,7 @@ def run(cfg: RunConfig) -> int:
         log.error("error: %s", exc)
         return 2
     finally:
+        stop.restore()
         mdist.cleanup()
 
 
@@ -119,7 +132,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return run(cfg)
+    # A rank of torchrun / srun: die with the launcher, and keep any resumed run from racing this one.
+    out_dir = resolve_path(cfg.train.output_dir)
+    lifetime.start_orphan_watchdog()
+    lifetime.hold_rank_lock(out_dir)
+    owner = None
+    if mdist.env_dist_info().is_main and os.environ.get(lifetime.LOCK_HELD_ENV) != str(out_dir):
+        try:  # started without the launcher (torchrun or srun by hand): rank 0 owns the folder
+            owner = lifetime.RunLock(out_dir).acquire()
+        except lifetime.RunFolderBusy as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    try:
+        status = run(cfg)
+    finally:
+        if owner is not None:
+            owner.release()
+    # A stopped rank exits 0 so that torchrun ends without reporting a failure; preempted.json, which the
+    # launcher and the sbatch script read, says that the run stopped early.
+    return 0 if status == PREEMPTED_EXIT and "RANK" in os.environ else status
 
 
 if __name__ == "__main__":

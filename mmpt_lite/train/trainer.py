@@ -26,6 +26,7 @@ from mmpt_lite.data.loader import TrainLoader
 from mmpt_lite.precision import use_bf16
 from mmpt_lite.train.logging import MetricLogger
 from mmpt_lite.train.optim import build_optimizer, build_scheduler
+from mmpt_lite.train.preemption import Preempted, StopRequests, write_marker
 from mmpt_lite.train.strategy import all_ranks_finite, build_strategy
 from mmpt_lite.train.tasks.base import Task
 
@@ -58,8 +59,9 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, *, model: torch.nn.Module, task: Task, loader: TrainLoader,
                  device: torch.device, out_dir: Path, eval_fn: Callable[[torch.nn.Module], dict] | None = None,
-                 flops_per_video: float = 0.0):
+                 flops_per_video: float = 0.0, stop: StopRequests | None = None):
         self.cfg, self.device, self.out_dir, self.eval_fn = cfg, device, out_dir, eval_fn
+        self.stop = stop  # SIGTERM / SIGUSR1 -> checkpoint and Preempted at the next step boundary
         self.task = task
         self.rank, self.world = mdist.get_rank(), mdist.get_world_size()
         self.model = model.to(device)  # unwrapped: what checkpoints hold and evaluation uses
@@ -192,6 +194,18 @@ class Trainer:
                 logger.log(self.step, {k: v for k, v in result.items() if isinstance(v, (int, float))}, kind="eval")
                 log.info("eval step %d: %s", self.step, _fmt(result))
 
+    def _stop_if_requested(self) -> None:
+        """At a step boundary: when any rank got SIGTERM / SIGUSR1, checkpoint, mark and raise Preempted."""
+        name = self.stop.agreed(self.device) if self.stop is not None else None
+        if name is None:
+            return
+        self.maybe_checkpoint(force=True)  # collective; a step already saved is not written twice
+        if self.rank == 0:
+            write_marker(self.out_dir, self.step, name)
+            log.warning("%s received: checkpoint at step %d written; stopping (relaunch the same command to "
+                        "resume)", name, self.step)
+        raise Preempted(self.step, name)
+
     # ------------------------------------------------------------------ fit
     def fit(self) -> dict:
         logger = MetricLogger(self.out_dir, total_steps=self.total_steps, start_step=self.step, enabled=self.rank == 0)
@@ -200,6 +214,7 @@ class Trainer:
         t0, seen, last = time.perf_counter(), 0, {}
         try:
             while self.step < self.total_steps:
+                self._stop_if_requested()
                 result = self.train_step(batches)
                 if result is None:
                     continue
