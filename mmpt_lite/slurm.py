@@ -29,9 +29,9 @@ from typing import TextIO
 from mmpt_lite.config import ConfigError, RunConfig, dump_config, resolve_path, save_config
 from mmpt_lite.config.sections import LaunchConfig
 from mmpt_lite.fileio import atomic_write_text
+from mmpt_lite.train.preemption import MARKER, PREEMPTED_EXIT
 
 TRAIN_MODULE = "mmpt_lite.train.main"
-PREEMPTED_MARKER = "preempted.json"
 # Job states after which slurm starts nothing more for the job (squeue(1) "JOB STATE CODES").
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
                 "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT"}
@@ -116,13 +116,16 @@ def render_sbatch(cfg: RunConfig, config_path: Path, workdir: Path) -> str:
     torchrun = [shlex.quote(sys.executable), "-m", "torch.distributed.run",
                 *torchrun_rendezvous_args("$SLURM_NNODES", nproc, '"$MASTER_ADDR:$MASTER_PORT"', "$SLURM_JOB_ID"),
                 "-m", TRAIN_MODULE, shlex.quote(str(config_path))]
-    marker = shlex.quote(str(run_dir / PREEMPTED_MARKER))
-    requeue = [
-        f"if [ -f {marker} ]; then",
-        f'  echo "mmpt_lite: ranks stopped on a signal: $(cat {marker}); requeueing job $SLURM_JOB_ID to resume"',
-        '  scontrol requeue "$SLURM_JOB_ID" && exit 0',
+    marker = shlex.quote(str(run_dir / MARKER))
+    stopped = [
+        f"if [ -f {marker} ]; then  # the ranks stopped at a checkpoint on a signal (torchrun then exits 1)",
+        f'  echo "mmpt_lite: ranks stopped on a signal: $(cat {marker}) (torchrun reports it as a SignalException)"',
+        *(['  echo "mmpt_lite: requeueing job $SLURM_JOB_ID to resume from that checkpoint"',
+           '  scontrol requeue "$SLURM_JOB_ID" && exit 0'] if lc.requeue else []),
+        '  echo "mmpt_lite: not requeued; submit this script again to resume from that checkpoint"',
+        f"  exit {PREEMPTED_EXIT}",
         "fi",
-    ] if lc.requeue else []
+    ]
     body = [
         "",
         "# The inputs (corpus, shards, vocabulary) were prepared by the submitting process: ranks only read them.",
@@ -149,7 +152,7 @@ def render_sbatch(cfg: RunConfig, config_path: Path, workdir: Path) -> str:
         "srun_pid=$!",
         'while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid"; done  # a trap ends a wait early',
         'wait "$srun_pid"; status=$?',
-        *requeue,
+        *stopped,
         'exit "$status"',
         "",
     ]

@@ -18,7 +18,7 @@ from slurm_cluster import PARTITION, job_id_of, running_cluster
 
 from mmpt_lite.checkpoint import latest_checkpoint, load_checkpoint
 from mmpt_lite.config import ConfigError, load_config
-from mmpt_lite.slurm import check_fits, query_partition
+from mmpt_lite.slurm import check_fits, exit_status, mem_megabytes, query_partition, slurm_minutes
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 24  # a few seconds of training: long enough for a USR1 to land mid-run (tenths of a second a step)
@@ -141,8 +141,9 @@ def test_usr1_checkpoints_requeues_and_ends_like_an_uninterrupted_run(cluster, c
     info = cluster.wait_job(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=240)
     text = log.read_text()
     assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), text[-4000:]
-    stopped = re.search(r"ranks stopped on a signal: (\{.*\}); requeueing job", text)
-    assert stopped and "mmpt_lite: USR1" in text and f"job {job_id} start 1" in text, text[-4000:]
+    stopped = re.search(r"ranks stopped on a signal: (\{.*\}) ", text)
+    assert stopped and "mmpt_lite: USR1" in text and f"requeueing job {job_id}" in text, text[-4000:]
+    assert f"job {job_id} start 1" in text, text[-4000:]
     marker = json.loads(stopped.group(1))
     assert 2 <= marker["step"] < STEPS and marker["signal"] == "SIGTERM", marker
     assert f"(step {marker['step']}," in text.split(f"job {job_id} start 1", 1)[1]  # the second start resumed there
@@ -151,3 +152,18 @@ def test_usr1_checkpoints_requeues_and_ends_like_an_uninterrupted_run(cluster, c
     reference = load_file(str(latest_checkpoint(root / "ref") / "model.safetensors"))
     assert final.keys() == reference.keys()
     assert all(torch.equal(final[k], reference[k]) for k in reference)
+
+
+def test_slurm_values_read_as_sbatch_reads_them():
+    assert [slurm_minutes(t) for t in ("90", "10:30", "2:00:00", "1-0", "1-2:30", "1-00:00:30")] == \
+        [90, 10.5, 120, 1440, 1440 + 150, 1440.5]
+    assert slurm_minutes("infinite") is None and slurm_minutes("UNLIMITED") is None
+    assert [mem_megabytes(m) for m in ("0", "500", "500M", "64G", "1T", "2048K")] == [0, 500, 500, 65536, 1 << 20, 2]
+    for bad in ("1:2:3:4", "ten", "-5"):
+        with pytest.raises(ValueError):
+            slurm_minutes(bad)
+    # A finished job's status as a shell would report it; a job that failed without an exit code is still 1.
+    assert exit_status({"JobState": "COMPLETED", "ExitCode": "0:0"}) == 0
+    assert exit_status({"JobState": "FAILED", "ExitCode": "3:0"}) == 3
+    assert exit_status({"JobState": "CANCELLED", "ExitCode": "0:15"}) == 143
+    assert exit_status({"JobState": "NODE_FAIL", "ExitCode": "0:0"}) == 1
