@@ -60,7 +60,7 @@ def local_ranks(cfg: RunConfig, jobtype: str) -> int:
 
 
 def build_command(cfg: RunConfig, jobtype: str, config_path: Path) -> list[str]:
-    """The process command for a local job type (slurm uses :func:`render_sbatch`)."""
+    """The process command for a local job type (slurm: :func:`mmpt_lite.slurm.render_sbatch`)."""
     if jobtype == "local_single":
         return [sys.executable, "-m", TRAIN_MODULE, str(config_path)]
     return _torchrun(local_ranks(cfg, jobtype), config_path)
