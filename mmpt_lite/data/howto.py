@@ -8,11 +8,11 @@ import codecs
 import csv
 import io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 CAPTION_COLUMNS = ("start", "end", "text")
 # Longer than any spoken sentence: such a text is a parse accident (e.g. a stray quote), not narration.
@@ -135,24 +135,45 @@ def read_video_list(csv_path: str | Path, video_root: str | Path | None = None,
                     caption_root: str | Path | None = None) -> tuple[list[CorpusItem], list[Skip]]:
     """HowTo100M list (column ``video_path``; id = file name without extension) -> items + list problems.
 
-    Also reports caption files in ``caption_root`` that belong to no listed video.
+    Lines with an empty path, a repeated id, or (with a ``video_root``) a path that leads out of ``video_root``
+    (``../``, an absolute path elsewhere) are skipped and reported with their line. Also reports caption files in
+    ``caption_root`` that belong to no listed video. A list that cannot be read, has no ``video_path`` column or
+    cannot be split into rows raises FileNotFoundError / ValueError naming the file (and line).
     """
-    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    if "video_path" not in table.columns:
-        raise ValueError(f"{csv_path}: no 'video_path' column (columns: {list(table.columns)})")
+    try:
+        content = Path(csv_path).read_bytes().decode("utf-8-sig", errors="replace")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{csv_path}: video list not found") from None
+    except OSError as err:
+        raise ValueError(f"{csv_path}: cannot read the video list ({err})") from None
+    reader = csv.DictReader(io.StringIO(content, newline=""))
     items, skips, seen = [], [], set()
-    for line, rel in enumerate(table["video_path"], start=2):   # line 1 is the header
-        rel = rel.strip()
-        video_id = Path(rel).stem
-        if not rel:
-            skips.append(Skip("video_list", "", str(csv_path), line, "empty video_path"))
-        elif video_id in seen:
-            skips.append(Skip("video_list", video_id, str(csv_path), line, "duplicate video id"))
-        else:
-            seen.add(video_id)
-            captions = str(Path(caption_root) / f"{video_id}.csv") if caption_root else None
-            items.append(CorpusItem(video_id, str(Path(video_root or "") / rel), captions))
+    try:
+        if "video_path" not in (reader.fieldnames or []):
+            raise ValueError(f"{csv_path}: no 'video_path' column (columns: {reader.fieldnames or []})")
+        for row in reader:
+            line, rel = reader.line_num, (row["video_path"] or "").strip()
+            video_id = Path(rel).stem
+            if not rel:
+                skips.append(Skip("video_list", "", str(csv_path), line, "empty video_path"))
+            elif video_root and _outside(video_root, rel):
+                skips.append(Skip("video_list", video_id, str(csv_path), line,
+                                  f"{rel!r} is outside the video root {video_root}"))
+            elif video_id in seen:
+                skips.append(Skip("video_list", video_id, str(csv_path), line, "duplicate video id"))
+            else:
+                seen.add(video_id)
+                captions = str(Path(caption_root) / f"{video_id}.csv") if caption_root else None
+                items.append(CorpusItem(video_id, str(Path(video_root or "") / rel), captions))
+    except csv.Error as err:
+        raise ValueError(f"{csv_path}:{reader.line_num}: cannot split the list into rows ({err})") from None
     return items, skips + _orphan_captions(caption_root, seen)
+
+
+def _outside(root: str | Path, rel: str) -> bool:
+    """Whether ``rel`` (relative to ``root``, or absolute) names a path out of ``root`` (symlinks not followed)."""
+    base = os.path.abspath(root)
+    return os.path.commonpath([base, os.path.abspath(os.path.join(base, rel))]) != base
 
 
 def _orphan_captions(caption_root, video_ids: set[str]) -> list[Skip]:
