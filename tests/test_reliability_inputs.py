@@ -38,6 +38,7 @@ from mmpt_lite.config import ModelConfig, RunConfig, TextTowerConfig, VideoTower
 from mmpt_lite.data.howto import CaptionError, read_caption_file
 from mmpt_lite.data.loader import MilNceClipDataset, TrainLoader
 from mmpt_lite.data.shards import ShardedCaptionStore, ShardedVideoStore
+from mmpt_lite.data.video import read_all_frames
 from mmpt_lite.models.build import build_model
 from mmpt_lite.models.classifier import build_classifier
 
@@ -283,3 +284,25 @@ def test_training_loader_draws_every_stored_video_as_full_clips(corpus, shards, 
         observed[case.name] = (KEPT if full else "blank or short clip", True)
     tally("training loader (MilNceClipDataset, TrainLoader)", cases, observed, good_total=len(corpus.good),
           good_lost=[v for v in corpus.good if ids.index(v) not in drawn])
+
+
+# --------------------------------------------------------------------------- decoders agree on the oddities
+def test_decoders_read_the_kept_oddities_alike(pool):
+    """The ffmpeg and PyAV backends give the same frames for every kept odd video (rotation tags included: both
+    return the coded pixels), and refuse the same bad ones."""
+    for case in pool.bad:
+        results = {}
+        for backend in ("pyav", "ffmpeg"):
+            try:
+                results[backend] = read_all_frames(case.path if case.path.exists() else case.path.with_suffix(".webm"),
+                                                   fps=5, backend=backend)
+            except Exception as err:  # noqa: BLE001 - compared below: both must refuse, with VideoDecodeError
+                results[backend] = err
+        if case.expect == SKIPPED:
+            assert all(type(r).__name__ == "VideoDecodeError" for r in results.values()), (case.name, results)
+            continue
+        a, b = results["pyav"], results["ffmpeg"]
+        assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray), (case.name, results)
+        count = min(len(a), len(b))
+        assert abs(len(a) - len(b)) <= 1 and count > 0 and a.shape[1:] == b.shape[1:], (case.name, a.shape, b.shape)
+        assert np.abs(a[:count].astype(int) - b[:count]).mean() < 2, case.name
