@@ -35,10 +35,12 @@ from reliability_cases import (
 
 from mmpt_lite.checkpoint import save_checkpoint
 from mmpt_lite.config import ModelConfig, RunConfig, TextTowerConfig, VideoTowerConfig
+from mmpt_lite.data.classify_sets import ClassifyClipDataset, read_classify_set, read_kinetics_list, skipped_video_ids
 from mmpt_lite.data.howto import CaptionError, read_caption_file
 from mmpt_lite.data.loader import MilNceClipDataset, TrainLoader
 from mmpt_lite.data.shards import ShardedCaptionStore, ShardedVideoStore
 from mmpt_lite.data.video import read_all_frames
+from mmpt_lite.data.video_sets import MaeClipDataset, prepare_mae_data
 from mmpt_lite.models.build import build_model
 from mmpt_lite.models.classifier import build_classifier
 
@@ -284,6 +286,74 @@ def test_training_loader_draws_every_stored_video_as_full_clips(corpus, shards, 
         observed[case.name] = (KEPT if full else "blank or short clip", True)
     tally("training loader (MilNceClipDataset, TrainLoader)", cases, observed, good_total=len(corpus.good),
           good_lost=[v for v in corpus.good if ids.index(v) not in drawn])
+
+
+@pytest.fixture(scope="module")
+def kinetics(tmp_path_factory, pool) -> SimpleNamespace:
+    """A Kinetics-format set: the good videos (labels 0-2) and every bad video (label 0) under ``videos/``; the
+    lists repeat the first line; ``train.txt`` also names ``../outside.mp4`` and an absolute path out of the set."""
+    root = tmp_path_factory.mktemp("sets")
+    set_root = root / "kinetics"
+    good = link_good(pool, set_root / "videos")
+    video_cases = place_cases(pool.bad, set_root / "videos")
+    entries = [(f"videos/{v.name}", i) for i, v in enumerate(good)] + [(f"videos/{c.path.name}", 0)
+                                                                       for c in video_cases]
+    listed = entries + [entries[0]]
+    os.link(good[0], root / "outside.mp4")
+    (set_root / "classes.txt").write_text("class_a\nclass_b\nclass_c\n")
+    for name, lines in [("val.txt", listed), ("clean_train.txt", listed),
+                        ("train.txt", listed + [("../outside.mp4", 1), (str(root / "outside.mp4"), 1)])]:
+        (set_root / name).write_text("".join(f"{path} {label}\n" for path, label in lines))
+    return SimpleNamespace(root=root, set_root=set_root, good=[f"videos/{v.name}" for v in good],
+                           video_cases=video_cases, duplicate_line=len(listed), escape_lines=(len(listed) + 1,
+                                                                                              len(listed) + 2))
+
+
+def test_video_only_and_classification_sets_read_from_raw_lists(kinetics, models):
+    """Masked pretraining's set preparation (``prepare_mae_data``: the raw Kinetics list -> shards) keeps the
+    oddities and names the rest (the out-of-root lines too); the classification training set over those shards
+    names each skipped video; the classification reader refuses the list with out-of-root lines by file:line."""
+    cfg = dataclasses.replace(models.cfg, data=dataclasses.replace(models.cfg.data, root=str(kinetics.root)),
+                              mae=dataclasses.replace(models.cfg.mae, dataset="kinetics"))
+    prepared = prepare_mae_data(cfg, build=True)
+    store = prepared.video_store
+    report = json.loads((prepared.shard_root / "report.json").read_text())
+    list_skips = {s["line"]: s["reason"] for s in report["skipped"] if s["kind"] == "video_list"}
+    mae = MaeClipDataset(store, num_frames=4, stride=2, video_size=32)
+    clips_ok = all(mae[(i, i)]["video"].shape == (4, 32, 32, 3) for i in range(len(mae)))
+    skipped = skipped_video_ids(store)
+    train = read_kinetics_list(kinetics.set_root / "clean_train.txt", kinetics.set_root,
+                               kinetics.set_root / "classes.txt")
+    classify = ClassifyClipDataset(store, train, sampling="dense", num_frames=4, stride=2, size=32, flip=False)
+    samples_ok = all(classify[(i, i)]["video"].shape == (4, 32, 32, 3) for i in range(len(classify)))
+    assert clips_ok and samples_ok
+    observed = {}
+    for case in kinetics.video_cases:
+        vid, rel = case.path.stem, f"videos/{case.path.name}"
+        in_both = vid in store.video_ids and vid in classify.video_ids
+        named = case.reason in skipped.get(vid, "") and case.reason in classify.skipped.get(rel, "")
+        observed[case.name] = (KEPT if in_both else SKIPPED, in_both or named)
+    duplicate = Case("list_duplicate", kinetics.set_root / "clean_train.txt", SKIPPED, "repeats",
+                     line=kinetics.duplicate_line)
+    observed[duplicate.name] = (SKIPPED, any(f"clean_train.txt:{duplicate.line}: " in d and "repeats" in d
+                                             for d in train.duplicates))
+    escapes = [Case(f"list_{form}", kinetics.set_root / "train.txt", SKIPPED, "outside the video root", line=line)
+               for form, line in zip(("dotdot", "absolute"), kinetics.escape_lines, strict=True)]
+    for case in escapes:   # lines of the shard builder's list, written from train.txt in its order (+ a header)
+        observed[case.name] = (SKIPPED if "outside" not in store.video_ids else KEPT,
+                               case.reason in list_skips.get(case.line + 1, ""))
+    refused = Case("classify_list_out_of_root", kinetics.set_root / "train.txt", REFUSED, "escapes",
+                   line=kinetics.escape_lines[0])
+    try:
+        read_classify_set(kinetics.set_root, "kinetics", "train")
+        observed[refused.name] = ("read", False)
+    except ValueError as err:
+        observed[refused.name] = (REFUSED, one_line_naming(str(err), refused))
+    lost = [rel for rel in kinetics.good if Path(rel).stem not in store.video_ids or Path(rel).stem not in
+            classify.video_ids]
+    tally("video-only / classification training sets (raw lists)", kinetics.video_cases + [duplicate, *escapes,
+                                                                                             refused],
+          observed, good_total=len(kinetics.good), good_lost=lost)
 
 
 # --------------------------------------------------------------------------- decoders agree on the oddities
