@@ -13,6 +13,7 @@ import os
 import runpy
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -41,6 +42,7 @@ from mmpt_lite.data.loader import MilNceClipDataset, TrainLoader
 from mmpt_lite.data.shards import ShardedCaptionStore, ShardedVideoStore
 from mmpt_lite.data.video import read_all_frames
 from mmpt_lite.data.video_sets import MaeClipDataset, prepare_mae_data
+from mmpt_lite.evaluation import cli
 from mmpt_lite.models.build import build_model
 from mmpt_lite.models.classifier import build_classifier
 
@@ -354,6 +356,156 @@ def test_video_only_and_classification_sets_read_from_raw_lists(kinetics, models
     tally("video-only / classification training sets (raw lists)", kinetics.video_cases + [duplicate, *escapes,
                                                                                              refused],
           observed, good_total=len(kinetics.good), good_lost=lost)
+
+
+# --------------------------------------------------------------------------- evaluators
+def eval_cli(task: str, capsys, *args) -> tuple[int | None, str, str]:
+    """``eval/eval_<task>.py``'s main in this process: (exit status, stdout, stderr); status None = it crashed."""
+    try:
+        status = cli.main(task, ["--no_cache", "--quiet", *map(str, args)])
+    except Exception:  # noqa: BLE001 - counted as a crash in the summary, then the test fails on it
+        status = None
+        print(traceback.format_exc(), file=sys.stderr)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def check_eval_record(path: str, record: dict, stdout: str, cases: list[Case], name_of, good: list[str],
+                      duplicate: Case) -> None:
+    """Tally an evaluator's JSON record: every SKIPPED case among the missing / unreadable videos with its reason
+    and printed by name, every KEPT case and good video evaluated, the repeated list row named with its line."""
+    problems = {**{name: "file not found" for name in record.get("missing", [])}, **record["unreadable"]}
+    observed = {}
+    for case in cases:
+        name = name_of(case)
+        if name in problems:
+            observed[case.name] = (SKIPPED, case.reason in problems[name] and f"  {name}: " in stdout)
+        else:
+            observed[case.name] = (KEPT, True)
+    observed[duplicate.name] = (SKIPPED, any(f"{duplicate.path}:{duplicate.line}: " in d for d in record["duplicates"])
+                                and "1 repeated list entry left out" in stdout)
+    tally(path, [*cases, duplicate], observed, good_total=len(good), good_lost=[g for g in good if g in problems])
+
+
+def refusals(kind: str, task: str, folder: Path, capsys, *args) -> tuple[list[Case], dict, int]:
+    """Run ``task``'s command line on each refused list of ``kind``: (cases, observed, crashes)."""
+    cases = build_refused_lists(folder, kind)
+    observed, crashes = {}, 0
+    for case in cases:
+        listed = case.path.parent if kind == "hmdb" else case.path   # HMDB reads a folder of split files
+        status, _, err = eval_cli(task, capsys, *args, "--eval_video_root", folder, "--eval_csv", listed)
+        crashes += status is None
+        observed[case.name] = (REFUSED if status == 2 else f"exit {status}", one_line_naming(err, case))
+    return cases, observed, crashes
+
+
+def test_msrvtt_eval_scores_bad_videos_as_named_misses(pool, models, tmp_path, capsys):
+    root = tmp_path / "msrvtt"
+    good = [v.stem for v in link_good(pool, root)]
+    cases = place_cases(pool.bad, root)
+    ids = good + [c.path.stem for c in cases] + [good[0]]
+    (root / "msrvtt_test.csv").write_text("key,vid_key,video_id,sentence\n" + "".join(
+        f"ret{i},{v},{v},a caption of {v}\n" for i, v in enumerate(ids)))
+    out = tmp_path / "msrvtt.json"
+    status, stdout, stderr = eval_cli("msrvtt", capsys, "--pretrain_cnn_path", models.retrieval, "--eval_video_root",
+                                      root, "--output", out)
+    assert status == 0, stderr   # None: a crash (its traceback is in stderr)
+    record = json.loads(out.read_text())["models"]["checkpoint"]
+    assert record["num_texts"] == len(ids) - 1 and record["num_duplicates"] == 1
+    duplicate = Case("list_duplicate", root / "msrvtt_test.csv", SKIPPED, "repeats", line=len(ids) + 1)
+    check_eval_record("eval_msrvtt.py", record, stdout, cases, lambda c: c.path.stem, good, duplicate)
+
+
+def test_youcook_eval_scores_bad_segments_as_named_misses(pool, models, tmp_path, capsys):
+    root = tmp_path / "youcook2"
+    folder = root / "validation" / "101"
+    good = link_good(pool, folder)
+    cases = place_cases(pool.bad, folder)
+    cases.append(Case("segment_past_end", folder / "good_b.mp4", SKIPPED, "no frames in"))
+    rows = [(v.stem, 0, 2) for v in good] + [(c.path.stem, 0, 2) for c in cases[:-1]] + [("good_b", 10, 12),
+                                                                                           ("good_a", 0, 2)]
+    (root / "validation_youcook.csv").write_text("end,start,task,text,video_id\n" + "".join(
+        f"{end},{start},101,a caption of {vid},{vid}\n" for vid, start, end in rows))
+    out = tmp_path / "youcook.json"
+    status, stdout, stderr = eval_cli("youcook", capsys, "--pretrain_cnn_path", models.retrieval,
+                                      "--eval_video_root", root, "--output", out)
+    assert status == 0, stderr   # None: a crash (its traceback is in stderr)
+    record = json.loads(out.read_text())["models"]["checkpoint"]
+    duplicate = Case("list_duplicate", root / "validation_youcook.csv", SKIPPED, "repeats", line=len(rows) + 1)
+
+    def segment(case):
+        return "good_b[10-12s]" if case.name == "segment_past_end" else f"{case.path.stem}[0-2s]"
+
+    check_eval_record("eval_youcook.py", record, stdout, cases, segment, [f"{v.stem}[0-2s]" for v in good],
+                      duplicate)
+
+    # The same list as paragraphs: a video with an unreadable segment is skipped whole (its paragraph with it),
+    # so good_b, whose second segment lies past its end, is the case here and the other good videos must stay.
+    status, stdout, stderr = eval_cli("youcook_paragraph", capsys, "--pretrain_cnn_path", models.retrieval,
+                                      "--eval_video_root", root, "--output", out)
+    assert status == 0, stderr
+    record = json.loads(out.read_text())["models"]["checkpoint"]
+    cases[-1] = dataclasses.replace(cases[-1], reason="1 of 2 segments unreadable")
+    check_eval_record("eval_youcook_paragraph.py", record, stdout, cases,
+                      lambda c: "good_b" if c.name == "segment_past_end" else c.path.stem,
+                      [v.stem for v in good if v.stem != "good_b"], duplicate)
+
+
+def test_hmdb_probe_leaves_bad_videos_out_and_names_them(pool, models, tmp_path, capsys):
+    root = tmp_path / "hmdb51"
+    splits = root / "testTrainMulti_7030_splits"
+    splits.mkdir(parents=True)
+    lines = {}
+    for cls in ("brush_hair", "cartwheel"):
+        good = link_good(pool, root / cls)
+        lines[cls] = [f"{good[0].name} 1", f"{good[1].name} 1", f"{good[2].name} 2"]
+    cases = place_cases(pool.bad, root / "brush_hair")
+    lines["brush_hair"] += [f"{c.path.name} 2" for c in cases] + [lines["brush_hair"][0]]
+    for cls, cls_lines in lines.items():
+        (splits / f"{cls}_test_split1.txt").write_text("\n".join(cls_lines) + "\n")
+    out = tmp_path / "hmdb.json"
+    status, stdout, stderr = eval_cli("hmdb", capsys, "--pretrain_cnn_path", models.retrieval, "--eval_video_root",
+                                      root, "--splits", 1, "--output", out)
+    assert status == 0, stderr   # None: a crash (its traceback is in stderr)
+    record = json.loads(out.read_text())["models"]["checkpoint"]
+    duplicate = Case("list_duplicate", splits / "brush_hair_test_split1.txt", SKIPPED, "repeats",
+                     line=len(lines["brush_hair"]))
+    good = [f"{cls}/{v.name}" for cls in lines for v in pool.good]
+    check_eval_record("eval_hmdb.py", record, stdout, cases, lambda c: f"brush_hair/{c.path.name}", good, duplicate)
+
+
+def test_classify_eval_skips_bad_videos_after_one_try_and_names_them(kinetics, models, tmp_path, capsys):
+    out = tmp_path / "classify.json"
+    status, stdout, stderr = eval_cli("classify", capsys, "--pretrain_cnn_path", models.classify,
+                                      "--eval_video_root", kinetics.set_root, "--output", out)
+    assert status == 0, stderr   # None: a crash (its traceback is in stderr)
+    record = json.loads(out.read_text())["models"]["checkpoint"]
+    skipped = [c for c in kinetics.video_cases if c.expect == SKIPPED]
+    listed = len(kinetics.good) + len(kinetics.video_cases)
+    assert record["accuracy_over"] == f"accuracy over {listed - len(skipped)} of {listed} videos"
+    duplicate = Case("list_duplicate", kinetics.set_root / "val.txt", SKIPPED, "repeats", line=kinetics.duplicate_line)
+    check_eval_record("eval_classify.py", record, stdout, kinetics.video_cases, lambda c: f"videos/{c.path.name}",
+                      kinetics.good, duplicate)
+
+
+def test_evaluators_refuse_malformed_lists_in_one_line(models, tmp_path, capsys):
+    cases, observed, crashes = [], {}, 0
+    for kind, task, args in [("msrvtt", "msrvtt", ["--pretrain_cnn_path", models.retrieval]),
+                             ("youcook", "youcook", ["--pretrain_cnn_path", models.retrieval]),
+                             ("hmdb", "hmdb", ["--pretrain_cnn_path", models.retrieval, "--splits", 1]),
+                             ("kinetics", "classify", ["--pretrain_cnn_path", models.classify]),
+                             ("ssv2", "classify", ["--pretrain_cnn_path", models.classify, "--dataset", "ssv2"])]:
+        kind_cases, kind_observed, kind_crashes = refusals(kind, task, tmp_path / kind, capsys, *args)
+        cases += kind_cases
+        observed.update(kind_observed)
+        crashes += kind_crashes
+    # the script itself, in its own process: status 2, the one line, no traceback
+    case = next(c for c in cases if c.name == "msrvtt_dotdot")
+    proc = run_script("eval/eval_msrvtt.py", "--pretrain_cnn_path", models.retrieval, "--eval_video_root",
+                      case.path.parent, "--eval_csv", case.path, "--no_cache")
+    crashes += "Traceback" in proc.stderr
+    assert proc.returncode == 2 and one_line_naming(proc.stderr, case), proc.stderr
+    tally("evaluators: refused lists (eval/*.py)", cases, observed, good_total=0, good_lost=[], crashes=crashes)
 
 
 # --------------------------------------------------------------------------- decoders agree on the oddities
