@@ -41,7 +41,7 @@ from mmpt_lite.data.howto import CaptionError, read_caption_file
 from mmpt_lite.data.loader import MilNceClipDataset, TrainLoader
 from mmpt_lite.data.shards import ShardedCaptionStore, ShardedVideoStore
 from mmpt_lite.data.video import read_all_frames
-from mmpt_lite.data.video_sets import MaeClipDataset, prepare_mae_data
+from mmpt_lite.data.video_sets import MaeClipDataset, prepare_mae_data, train_video_paths
 from mmpt_lite.evaluation import cli
 from mmpt_lite.models.build import build_model
 from mmpt_lite.models.classifier import build_classifier
@@ -356,6 +356,35 @@ def test_video_only_and_classification_sets_read_from_raw_lists(kinetics, models
     tally("video-only / classification training sets (raw lists)", kinetics.video_cases + [duplicate, *escapes,
                                                                                              refused],
           observed, good_total=len(kinetics.good), good_lost=lost)
+
+
+def test_raw_training_lists_that_do_not_parse_are_named_errors(tmp_path):
+    """Masked pretraining reads the set's own list before sharding: an SSv2 list that is not JSON or has an entry
+    without an id is a ValueError naming the file (and entry); bytes that are not UTF-8 in a Kinetics list cost only
+    that line's video (a missing file, named where it is read), never the list."""
+    ssv2 = tmp_path / "ssv2"
+    ssv2.mkdir()
+    cases = [Case("ssv2_entry_without_id", ssv2 / "train.json", REFUSED, "expected an object with an 'id'",
+                  line="entry 1"),
+             Case("ssv2_not_json", ssv2 / "train.json", REFUSED, "not a JSON list")]
+    observed = {}
+    for case, content in zip(cases, ['[{"id": "v1"}, {"label": "no id"}]', "[{'id': 1}]"], strict=True):
+        case.path.write_text(content)
+        try:
+            train_video_paths(ssv2, "ssv2")
+            observed[case.name] = ("read", False)
+        except ValueError as err:
+            observed[case.name] = (REFUSED, one_line_naming(str(err), case))
+    kinetics = tmp_path / "kinetics"
+    kinetics.mkdir()
+    (kinetics / "train.txt").write_bytes(b"videos/good_a.mp4 0\nvideos/caf\xe9.mp4 1\nvideos/good_b.mp4 2\n")
+    paths = train_video_paths(kinetics, "kinetics")
+    listed = read_kinetics_list(kinetics / "train.txt", kinetics)
+    latin1 = Case("kinetics_not_utf8", kinetics / "train.txt", KEPT)
+    observed[latin1.name] = (KEPT if len(paths) == len(listed.videos) == 3 and "\ufffd" in paths[1] else "lost", True)
+    lost = [p for p in ("videos/good_a.mp4", "videos/good_b.mp4") if p not in paths or p not in listed.videos]
+    tally("raw training lists (train_video_paths, read_kinetics_list)", [*cases, latin1], observed, good_total=2,
+          good_lost=lost)
 
 
 # --------------------------------------------------------------------------- evaluators
