@@ -10,6 +10,9 @@ check each one. Outcomes:
 * ``skipped``: unusable for this item only; the item is left out, counted and named with ``reason`` in the message;
 * ``refused``: the whole list is malformed and the documented behaviour is to stop (exit status 2, one line naming
   ``file:line``, ``reason`` in it).
+
+A path's test reports what it observed per case to :func:`tally` (which asserts it and adds the path's row to the
+summary table, :func:`summary_text`).
 """
 
 from __future__ import annotations
@@ -244,3 +247,41 @@ def build_refused_lists(folder: Path, kind: str) -> list[Case]:
     else:
         raise ValueError(f"unknown list kind {kind!r}")
     return cases
+
+
+# --------------------------------------------------------------------------- checking the outcomes
+SUMMARY: dict[str, dict] = {}   # path -> its row of the summary table
+
+
+def tally(path: str, cases: list[Case], observed: dict[str, tuple[str, bool]], *, good_total: int,
+          good_lost: list[str], crashes: int = 0) -> None:
+    """Record ``path``'s row of the summary, then assert each case met its expectation.
+
+    ``observed``: case name -> (outcome, named), outcome KEPT / SKIPPED / REFUSED (or a description of what else
+    happened), named: the output names the item with the case's reason (for a KEPT case: its dropped rows, if any).
+    """
+    must_name = [c for c in cases if c.expect != KEPT or c.reason]
+    SUMMARY[path] = {"cases": len(cases), "as expected": sum(observed[c.name] == (c.expect, True) for c in cases),
+                     "bad items named": f"{sum(observed[c.name][1] for c in must_name)}/{len(must_name)}",
+                     "crashes": crashes, "good items lost": f"{len(good_lost)}/{good_total}"}
+    wrong = {c.name: (c.expect, observed[c.name]) for c in cases if observed[c.name] != (c.expect, True)}
+    assert not wrong, f"{path}: (expected, (observed, named)) = {wrong}"
+    assert crashes == 0 and not good_lost, (crashes, good_lost)
+
+
+def summary_text() -> str:
+    """The summary table of every path tallied so far, one line per path, and the number of cases."""
+    columns = ["cases", "as expected", "bad items named", "crashes", "good items lost"]
+    width = max(map(len, SUMMARY))
+    lines = [f"{'path':<{width}} | " + " | ".join(columns)]
+    lines += [f"{path:<{width}} | " + " | ".join(f"{row[c]!s:>{len(c)}}" for c in columns)
+              for path, row in SUMMARY.items()]
+    return "\n".join(lines) + f"\n{sum(row['cases'] for row in SUMMARY.values())} cases in all"
+
+
+def one_line_naming(stderr: str, case: Case) -> bool:
+    """The refusal is one line that names the file (and ``file:line``, or the SSv2 entry) and the reason."""
+    lines = stderr.strip().splitlines()
+    place = str(case.path) if case.line is None else (
+        f"{case.path}: {case.line}" if isinstance(case.line, str) else f"{case.path}:{case.line}")
+    return len(lines) == 1 and place in lines[0] and case.reason in lines[0]

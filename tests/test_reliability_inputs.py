@@ -25,13 +25,17 @@ from reliability_cases import (
     KEPT,
     REFUSED,
     SKIPPED,
+    SUMMARY,
     Case,
     build_bad_caption_files,
     build_bad_howto_list,
     build_bad_videos,
     build_good_videos,
     build_refused_lists,
+    one_line_naming,
     place_cases,
+    summary_text,
+    tally,
 )
 
 from mmpt_lite.checkpoint import save_checkpoint
@@ -48,39 +52,13 @@ from mmpt_lite.models.classifier import build_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ["a", "good", "caption", "first", "second", "with", "comma", "row"]
-SUMMARY: dict[str, dict] = {}   # path -> its row of the summary table
-
-
-# --------------------------------------------------------------------------- the summary table
-def tally(path: str, cases: list[Case], observed: dict[str, tuple[str, bool]], *, good_total: int,
-          good_lost: list[str], crashes: int = 0) -> None:
-    """Record ``path``'s row of the summary, then assert each case met its expectation.
-
-    ``observed``: case name -> (outcome, named), outcome KEPT / SKIPPED / REFUSED (or a description of what else
-    happened), named: the output names the item with the case's reason (for a KEPT case: its dropped rows, if any).
-    """
-    must_name = [c for c in cases if c.expect != KEPT or c.reason]
-    SUMMARY[path] = {"cases": len(cases), "as expected": sum(observed[c.name] == (c.expect, True) for c in cases),
-                     "bad items named": f"{sum(observed[c.name][1] for c in must_name)}/{len(must_name)}",
-                     "crashes": crashes, "good items lost": f"{len(good_lost)}/{good_total}"}
-    wrong = {c.name: (c.expect, observed[c.name]) for c in cases if observed[c.name] != (c.expect, True)}
-    assert not wrong, f"{path}: (expected, (observed, named)) = {wrong}"
-    assert crashes == 0 and not good_lost, (crashes, good_lost)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def summary_table():
     yield
-    if not SUMMARY:
-        return
-    columns = ["cases", "as expected", "bad items named", "crashes", "good items lost"]
-    width = max(map(len, SUMMARY))
-    lines = [f"{'path':<{width}} | " + " | ".join(columns)]
-    lines += [f"{path:<{width}} | " + " | ".join(f"{row[c]!s:>{len(c)}}" for c in columns)
-              for path, row in SUMMARY.items()]
-    total = sum(row["cases"] for row in SUMMARY.values())
-    print("\n\nmalformed inputs, by path (tests/test_reliability_inputs.py)\n" + "\n".join(lines)
-          + f"\n{total} cases in all")
+    if SUMMARY:
+        print("\n\nmalformed inputs, by path (tests/test_reliability_inputs.py)\n" + summary_text())
 
 
 # --------------------------------------------------------------------------- shared inputs
@@ -131,14 +109,6 @@ def run_script(script: str, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
-
-
-def one_line_naming(stderr: str, case: Case) -> bool:
-    """The refusal is one line that names the file (and ``file:line``, or the SSv2 entry) and the reason."""
-    lines = stderr.strip().splitlines()
-    place = str(case.path) if case.line is None else (
-        f"{case.path}: {case.line}" if isinstance(case.line, str) else f"{case.path}:{case.line}")
-    return len(lines) == 1 and place in lines[0] and case.reason in lines[0]
 
 
 # --------------------------------------------------------------------------- caption files
