@@ -53,9 +53,22 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def seconds_until_gone(out: Path, limit: float = 60.0) -> float:
-    """Seconds until no process started for run folder ``out`` is alive (``limit`` if some still are)."""
+def kill_group(proc: subprocess.Popen, out: Path) -> float:
+    """``kill -9`` the launcher's process group; seconds from the kill until no process of the run is alive.
+
+    Timed from the kill itself: the ranks share the launcher's stdout pipe, so reading the launcher's output
+    to the end already waits for them."""
     t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone = seconds_until_gone(out, t0=t0)
+    proc.communicate()
+    return gone
+
+
+def seconds_until_gone(out: Path, limit: float = 60.0, t0: float | None = None) -> float:
+    """Seconds (from ``t0``, default now) until no process started for run folder ``out`` is alive."""
+    t0 = time.monotonic() if t0 is None else t0
     while lifetime.run_processes(out):
         if time.monotonic() - t0 > limit:
             return limit
@@ -116,11 +129,9 @@ def test_ten_kill9_of_the_process_group_then_resume_is_bit_identical(reference, 
         before = latest_step(out)
         proc = launch(data, out)
         # A new checkpoint proves this segment trained; the kill lands at a random moment after it.
-        wait_for(lambda: latest_step(out) > before, 300, "a new checkpoint")
+        wait_for(lambda b=before: latest_step(out) > b, 300, "a new checkpoint")
         time.sleep(float(rng.uniform(0.0, 0.5)))
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        gone_after.append(seconds_until_gone(out))
+        gone_after.append(kill_group(proc, out))
         killed_at.append(latest_step(out))
         assert killed_at[-1] < STEPS, "the run finished before the kill; make it longer"
         assert gone_after[-1] < GONE_WITHIN_S, f"processes of the run outlived the launcher: {gone_after}"
@@ -135,15 +146,16 @@ def test_launcher_killed_during_start_up_leaves_no_process(reference, tmp_path):
     data, _ = reference
     out = tmp_path / "run"
     gone = []
-    for delay in (0.0, 1.0, 2.5):  # after torchrun starts: the ranks import, rendezvous, build the model
+    def ranks_started(launcher: int) -> bool:  # launcher -> torchrun agent -> the ranks
+        return any(lifetime.child_pids(agent) for agent in lifetime.child_pids(launcher))
+
+    for delay in (0.0, 1.0, 2.5):  # after the ranks start: they import torch, rendezvous, build the model
         proc = launch(data, out)
-        wait_for(lambda: lifetime.run_processes(out), 120, "torchrun to start")
+        wait_for(lambda p=proc: ranks_started(p.pid), 120, "torchrun to start the ranks")
         time.sleep(delay)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        gone.append(seconds_until_gone(out))
+        gone.append(kill_group(proc, out))
     assert max(gone) < GONE_WITHIN_S, gone
-    print(f"\nlauncher killed 0 / 1 / 2.5 s after torchrun started: every process gone after "
+    print(f"\nlauncher killed 0 / 1 / 2.5 s after the ranks started: every process gone after "
           f"{', '.join(f'{g:.2f}' for g in gone)} s")
 
 

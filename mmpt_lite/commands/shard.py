@@ -50,10 +50,15 @@ def main(argv=None) -> int:
             print(f"FAILED {problem}", file=sys.stderr)
         print(f"verify {args.out}: " + (f"{len(problems)} problem(s)" if problems else "all shard files intact"))
         return 1 if problems else 0
-    report = build_video_shards(args.csv, args.video_root, args.out, caption_root=args.caption_root,
-                                storage=args.storage, fps=args.fps, short_side=args.short_side or None,
-                                jpeg_quality=args.jpeg_quality, gop=args.gop, videos_per_shard=args.videos_per_shard,
-                                workers=args.workers, progress=not args.quiet, decoder=args.decoder)
+    try:   # a missing or malformed list, bad parameters, another build in --out: one line, status 2
+        report = build_video_shards(args.csv, args.video_root, args.out, caption_root=args.caption_root,
+                                    storage=args.storage, fps=args.fps, short_side=args.short_side or None,
+                                    jpeg_quality=args.jpeg_quality, gop=args.gop,
+                                    videos_per_shard=args.videos_per_shard, workers=args.workers,
+                                    progress=not args.quiet, decoder=args.decoder)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"shard_howto.py: error: {err}", file=sys.stderr)
+        return 2
     print(report)
     return 0
 

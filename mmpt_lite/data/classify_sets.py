@@ -93,7 +93,8 @@ def read_kinetics_list(list_path: str | Path, root: str | Path | None = None,
     list_path = Path(list_path)
     root = Path(root) if root is not None else list_path.parent
     videos, labels, duplicates, first_line = [], [], [], {}
-    for line_no, line in enumerate(list_path.read_text().splitlines(), 1):
+    # bytes that are not UTF-8 become U+FFFD: that path is then a missing video, named where it is read
+    for line_no, line in enumerate(list_path.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         where = f"{list_path}:{line_no}"
@@ -136,16 +137,16 @@ def read_ssv2_list(list_path: str | Path, labels_path: str | Path | None = None,
     root = Path(root) if root is not None else list_path.parent
     labels_path = Path(labels_path) if labels_path is not None else list_path.parent / "labels.json"
     try:
-        table = {name: int(index) for name, index in json.loads(labels_path.read_text()).items()}
-    except (ValueError, AttributeError) as exc:
+        table = {name: int(index) for name, index in json.loads(labels_path.read_bytes()).items()}
+    except (ValueError, AttributeError, TypeError) as exc:
         raise ValueError(f"{labels_path}: expected {{template: index}} ({exc})") from None
     classes = [""] * len(table)
     for name, index in table.items():
         if not 0 <= index < len(table) or classes[index]:
             raise ValueError(f"{labels_path}: indices must be 0..{len(table) - 1}, each once (got {index} for {name!r})")
         classes[index] = name
-    entries = json.loads(list_path.read_text())
-    if not isinstance(entries, list) or not entries:
+    entries = read_json_list(list_path)
+    if not entries:
         raise ValueError(f"{list_path}: expected a non-empty list of entries")
     videos, labels, duplicates, first = [], [], [], {}
     for i, entry in enumerate(entries):
@@ -163,6 +164,17 @@ def read_ssv2_list(list_path: str | Path, labels_path: str | Path | None = None,
         videos.append(rel)
         labels.append(table[template])
     return ClassifySet("ssv2", root, videos, np.array(labels, np.int64), classes, list_path, duplicates)
+
+
+def read_json_list(path: Path) -> list:
+    """A JSON file holding a list (SSv2's train/validation files); ValueError naming the file otherwise."""
+    try:
+        entries = json.loads(path.read_bytes())
+    except ValueError as exc:   # not JSON, or not UTF-8
+        raise ValueError(f"{path}: not a JSON list ({exc})") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list of entries, got {type(entries).__name__}")
+    return entries
 
 
 def default_list_path(set_root: str | Path, dataset: str, split: str) -> Path:

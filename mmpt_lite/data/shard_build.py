@@ -40,7 +40,14 @@ from mmpt_lite.data.shards import (
     verify_shard_entry,
     write_json_atomic,
 )
-from mmpt_lite.data.video import SpatialTransform, VideoDecodeError, iter_clip_frames, probe_video, read_all_frames
+from mmpt_lite.data.video import (
+    SpatialTransform,
+    VideoDecodeError,
+    iter_clip_frames,
+    probe_video,
+    read_all_frames,
+    resolve_video_path,
+)
 from mmpt_lite.fileio import file_sha256
 from mmpt_lite.progress import progress_bar
 
@@ -127,13 +134,20 @@ def _process_item(task: _ItemTask) -> dict:
     """Worker: captions + payload of one item. Returns its index row; ``ok`` is False when it was skipped."""
     skips: list[Skip] = []
     row = {"shard": task.shard, "slot": task.slot, "video_id": task.item.video_id, "ok": False, "skips": skips}
+    video_path = resolve_video_path(task.item.video_path)
+    if not os.path.exists(video_path):   # named as a missing video, not by its (also absent) caption file
+        skips.append(Skip("video", task.item.video_id, video_path, None, "file not found"))
+        return row
     captions = _read_captions(task.item, skips)
     if captions is None:
         return row
     try:
-        row.update(_encode_video(task.item.video_path, task.storage, task.decoder, Path(task.part_path)))
+        row.update(_encode_video(video_path, task.storage, task.decoder, Path(task.part_path)))
     except VideoDecodeError as err:
         skips.append(Skip("video", task.item.video_id, err.path, None, err.reason))
+        return row
+    except Exception as err:  # noqa: BLE001 - one file the decoders trip over must not end a long build
+        skips.append(Skip("video", task.item.video_id, video_path, None, f"{type(err).__name__}: {err}"))
         return row
     row.update(ok=True, caption_times=captions[0], caption_texts=captions[1])
     return row

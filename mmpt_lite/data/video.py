@@ -7,7 +7,7 @@ select by pts), ``"ffmpeg"`` (one ``ffmpeg`` subprocess per clip, the MIL-NCE lo
 rule through the ``fps`` filter), and the optional ``"decord"`` / ``"torchcodec"`` (used only when importable) and
 ``"dali"`` (the codecs DALI decodes on this machine; PyAV reads the others).
 
-Arrays are uint8 RGB, ``[T, H, W, 3]``.
+Arrays are uint8 RGB, ``[T, H, W, 3]``: the coded pixels (a rotation tag in the container is not applied).
 """
 
 from __future__ import annotations
@@ -30,7 +30,22 @@ from mmpt_lite.data.decoders.base import (
 from mmpt_lite.data.decoders.pyav import iter_clip_frames, probe_video
 
 __all__ = ["SpatialTransform", "VideoDecodeError", "iter_clip_frames", "probe_video", "read_all_frames", "read_clip",
-           "resize_rgb"]
+           "resize_rgb", "resolve_video_path"]
+
+# Containers a listed video may turn out to be stored as (a download tool picks mp4 or webm per video).
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+
+
+def resolve_video_path(path: str | os.PathLike) -> str:
+    """``path`` when it exists; else the one file beside it with the same name and another video extension
+    (a list naming ``v.mp4`` for a folder holding ``v.webm``); else ``path`` unchanged (reported missing where read).
+    Two or more candidates are ambiguous: ``path`` is returned and stays missing."""
+    path = os.fspath(path)
+    if os.path.exists(path):
+        return path
+    stem = os.path.splitext(path)[0]
+    found = [stem + ext for ext in VIDEO_EXTENSIONS if os.path.isfile(stem + ext)]
+    return found[0] if len(found) == 1 else path
 
 
 def read_clip(source: Source, start: float, end: float | None = None, *, num_frames: int | None = None,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from torch.utils.data import Dataset
 
 from mmpt_lite.config import RunConfig, resolve_path
 from mmpt_lite.data.aligners import apply_crop, mae_frame_indices, multiscale_crop
-from mmpt_lite.data.classify_sets import split_list_line
+from mmpt_lite.data.classify_sets import read_json_list, split_list_line
 from mmpt_lite.data.prepare import PreparedData, ensure_corpus, ensure_corpus_shards, ensure_shards, storage_short_side
 from mmpt_lite.data.shards import ShardedVideoStore
 from mmpt_lite.data.video import resize_rgb
@@ -42,11 +41,16 @@ TRAIN_LISTS = {"ssv2": "train.json", "kinetics": "train.txt"}
 
 
 def train_video_paths(set_root: Path, dataset: str) -> list[str]:
-    """Training video paths relative to ``set_root`` from the set's own list file."""
+    """Training video paths relative to ``set_root`` from the set's own list file, in list order (the shard builder
+    skips and reports repeated, missing, unreadable and out-of-root ones); ValueError names a malformed list."""
     list_path = set_root / TRAIN_LISTS[dataset]
     if dataset == "ssv2":
-        return [f"videos/{entry['id']}.webm" for entry in json.loads(list_path.read_text())]
-    lines = (line.strip() for line in list_path.read_text().splitlines())
+        entries = read_json_list(list_path)
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or "id" not in entry:
+                raise ValueError(f"{list_path}: entry {i}: expected an object with an 'id', got {str(entry)[:80]!r}")
+        return [f"videos/{entry['id']}.webm" for entry in entries]
+    lines = (line.strip() for line in list_path.read_text(errors="replace").splitlines())
     # "path label" (or SlowFast's "path,label"), cut at the last separator as the classification reader does
     return [(split_list_line(line) or (line, ""))[0] for line in lines if line]
 

@@ -29,7 +29,7 @@ from mmpt_lite.data.classify_sets import (
     segment_test_indices,
     uniform_crops,
 )
-from mmpt_lite.data.video import SpatialTransform, read_all_frames
+from mmpt_lite.data.video import SpatialTransform, read_all_frames, resolve_video_path
 from mmpt_lite.evaluation import report
 from mmpt_lite.evaluation.cache import files_fingerprint
 from mmpt_lite.evaluation.features import VideoRequest
@@ -228,7 +228,7 @@ class ClassifyEval(Evaluator):
     def evaluate(self, model: torch.nn.Module, runtime: EvalRuntime, checkpoint_id: str | None = None):
         """(JSON record, table row in %, {"": top-K curve}) of ``model`` (on ``runtime.device``)."""
         data = self.dataset
-        requests = [VideoRequest(v, str(self.video_root / v)) for v in data.videos]
+        requests = [VideoRequest(v, resolve_video_path(self.video_root / v)) for v in data.videos]
         found, cached = self.window_features(model, runtime, requests, checkpoint_id)
         ok = found.readable
         if not ok.any():

@@ -194,6 +194,10 @@ def run(plan: Plan, args) -> int:
     problems = _problems_text(records, evaluator.consequence)
     if problems:
         print(problems)
+    duplicates = next((r["duplicates"] for r in records.values() if r.get("duplicates")), [])   # same list for all
+    if duplicates:
+        print(f"{len(duplicates)} repeated list entr{'y' if len(duplicates) == 1 else 'ies'} left out:")
+        print("\n".join(f"  {message}" for message in duplicates))
     for name, record in records.items():
         unconverged = [str(k) for k, r in record.get("splits", {}).items() if not r["converged"]]
         if unconverged:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mmpt_lite.data.video import resolve_video_path
 from mmpt_lite.evaluation.cache import cache_key, files_fingerprint
 from mmpt_lite.evaluation.features import ProbeProtocol, VideoRequest, WindowFeatures, decode_probe_windows
 from mmpt_lite.evaluation.metrics import recall_curve
@@ -39,6 +40,7 @@ class HmdbSplits:
         labels: int64 [len(videos)].
         train: split number -> int64 indices into ``videos`` (code 1).
         test: split number -> int64 indices into ``videos`` (code 2).
+        duplicates: one ``file:line: ...`` message per repeated line of a split file (the first is kept).
     """
 
     classes: list[str]
@@ -46,27 +48,40 @@ class HmdbSplits:
     labels: np.ndarray
     train: dict[int, np.ndarray]
     test: dict[int, np.ndarray]
+    duplicates: list[str] = field(default_factory=list)
 
 
 def read_hmdb_splits(split_dir: str | Path, splits: tuple[int, ...] = (1, 2, 3)) -> HmdbSplits:
-    """Parse ``<class>_test_split{k}.txt`` files (lines ``<video>.avi <code>``, 1 train / 2 test / 0 unused)."""
+    """Parse ``<class>_test_split{k}.txt`` files (lines ``<video>.avi <code>``, 1 train / 2 test / 0 unused).
+
+    A line naming a video an earlier line of the same file named is left out (listed in ``duplicates``); a line
+    that is not ``<file name> <0|1|2>`` (a path with ``/`` included) is a ValueError naming ``file:line``."""
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise FileNotFoundError(f"HMDB split folder not found: {split_dir}")
     codes: dict[int, dict[str, int]] = {k: {} for k in splits}
     classes: set[str] = set()
+    duplicates: list[str] = []
     for path in sorted(split_dir.iterdir()):
         match = SPLIT_FILE.match(path.name)
         if not match or int(match["split"]) not in codes:
             continue
         cls = match["cls"]
         classes.add(cls)
-        for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        first_line: dict[str, int] = {}
+        for line_no, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             fields = line.split()
             if not fields:
                 continue
             if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
                 raise ValueError(f"{path}:{line_no}: expected '<video> <0|1|2>', got {line!r}")
+            if "/" in fields[0] or fields[0] in (".", ".."):   # videos sit in the class folder: no path may leave it
+                raise ValueError(f"{path}:{line_no}: expected a file name inside {cls}/, got the path {fields[0]!r}")
+            if fields[0] in first_line:
+                duplicates.append(f"{path}:{line_no}: {fields[0]} repeats line {first_line[fields[0]]} "
+                                  "(kept the first)")
+                continue
+            first_line[fields[0]] = line_no
             codes[int(match["split"])][f"{cls}/{fields[0]}"] = int(fields[1])
     missing = [k for k in splits if not codes[k]]
     if missing:
@@ -81,7 +96,7 @@ def read_hmdb_splits(split_dir: str | Path, splits: tuple[int, ...] = (1, 2, 3))
 
     return HmdbSplits(class_list, used, labels,
                       train={k: members(k, TRAIN_CODE) for k in splits},
-                      test={k: members(k, TEST_CODE) for k in splits})
+                      test={k: members(k, TEST_CODE) for k in splits}, duplicates=duplicates)
 
 
 def _fit_svm(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int, seed: int):
@@ -253,7 +268,7 @@ class HmdbProbe(Evaluator):
 
     def evaluate(self, model: torch.nn.Module, runtime: EvalRuntime, checkpoint_id: str | None = None):
         splits = self.dataset
-        requests = [VideoRequest(v, str(self.video_root / v)) for v in splits.videos]
+        requests = [VideoRequest(v, resolve_video_path(self.video_root / v)) for v in splits.videos]
         features, cached = self.window_features(model, runtime, requests, checkpoint_id)
         probe = probe_all_splits(features, splits, c=self.svm_c[0],
                                  c_grid=self.svm_c if len(self.svm_c) > 1 else None)
@@ -265,7 +280,7 @@ class HmdbProbe(Evaluator):
                "mean": 100 * probe["top1_mean"]}
         record = {"top1_mean": 100 * probe["top1_mean"], "splits": split_records, "num_videos": len(splits.videos),
                   "num_classes": len(splits.classes), "num_unreadable": len(features.errors),
-                  "unreadable": features.errors, "from_cache": cached}
+                  "unreadable": features.errors, "duplicates": splits.duplicates, "from_cache": cached}
         return record, row, curves
 
     def columns(self) -> list[str]:

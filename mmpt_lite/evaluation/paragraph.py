@@ -175,11 +175,13 @@ class Paragraph:
 
 @dataclass
 class ParagraphSet:
-    """The list's captions and segment requests in file order (texts[i] <-> requests[i]), grouped by video."""
+    """The list's captions and segment requests in file order (texts[i] <-> requests[i]), grouped by video;
+    ``duplicates``: the repeated rows the reader left out (``file:line: ...``)."""
 
     texts: list[str]
     requests: list[VideoRequest]
     paragraphs: list[Paragraph]
+    duplicates: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -233,7 +235,7 @@ class YoucookParagraph(Evaluator):
             by_path.setdefault(request.path, Paragraph(video_id, request.path, [])).rows.append(i)
         for paragraph in by_path.values():  # time order; the list's own order breaks ties
             paragraph.rows.sort(key=lambda i: (listed.requests[i].start, listed.requests[i].end, i))
-        return ParagraphSet(listed.texts, listed.requests, list(by_path.values()))
+        return ParagraphSet(listed.texts, listed.requests, list(by_path.values()), listed.duplicates)
 
     def cache_parts(self, requests: list[VideoRequest]) -> dict:
         return segment_cache_parts(self.list_path, requests)
@@ -273,6 +275,7 @@ class YoucookParagraph(Evaluator):
                   "num_videos": len(self.dataset.paragraphs), "num_segments": result.num_segments,
                   "num_missing": len(result.missing), "num_unreadable": len(result.unreadable),
                   "missing": result.missing, "unreadable": result.unreadable,
+                  "duplicates": self.dataset.duplicates,
                   "scoring": {"similarity": "cosine of caption and clip embeddings (a clip's windows averaged)",
                               "caption_average": "cosine of the mean caption and the mean clip embedding",
                               "dtw": "max-sum monotone path over S, divided by the path's length",

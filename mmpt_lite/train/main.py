@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from mmpt_lite import lifetime  # stdlib only, so it is in place before the slow imports below
 
-if __name__ == "__main__":  # a rank process: keep a stop signal that arrives while torch is being imported
-    lifetime.defer_stop_signals()
+if __name__ == "__main__":  # a rank process, before the seconds it spends importing torch:
+    lifetime.defer_stop_signals()  # keep a stop signal that arrives meanwhile
+    lifetime.start_orphan_watchdog()  # and die with the launcher even then (e.g. killed during start-up)
 
 import json  # noqa: E402
 import logging
@@ -134,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # A rank of torchrun / srun: die with the launcher, and keep any resumed run from racing this one.
     out_dir = resolve_path(cfg.train.output_dir)
-    lifetime.start_orphan_watchdog()
     lifetime.hold_rank_lock(out_dir)
     owner = None
     if mdist.env_dist_info().is_main and os.environ.get(lifetime.LOCK_HELD_ENV) != str(out_dir):

@@ -33,7 +33,9 @@ def read_frames(path: str, req: ClipRequest, geometry: FrameGeometry, threads: i
            "-threads", str(threads)]
     if req.start > 0:
         cmd += ["-noaccurate_seek", "-ss", f"{req.start:.6f}"]
-    cmd += ["-copyts", "-start_at_zero"]
+    # The ffmpeg CLI turns frames by a rotation tag (display matrix) while PyAV returns the coded pixels: the
+    # turned frames would be squeezed into the probed (unturned) geometry, and the backends would disagree.
+    cmd += ["-copyts", "-start_at_zero", "-noautorotate"]
     cmd += ["-i", path, "-an", "-sn", "-filter_threads", "1", "-vf", ",".join(filters)]
     if req.fps is None:
         cmd += ["-fps_mode", "passthrough"]
