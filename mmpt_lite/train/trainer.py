@@ -200,8 +200,10 @@ class Trainer:
         if name is None:
             return
         self.maybe_checkpoint(force=True)  # collective; a step already saved is not written twice
-        if self.rank == 0:
+        if self.rank == 0:  # before the barrier below: no rank exits (ending its node's step) before it exists
             write_marker(self.out_dir, self.step, name)
+        mdist.barrier()
+        if self.rank == 0:
             log.warning("%s received: checkpoint at step %d written; stopping (relaunch the same command to "
                         "resume)", name, self.step)
         raise Preempted(self.step, name)
