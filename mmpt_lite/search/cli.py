@@ -58,7 +58,7 @@ def _index_parser() -> argparse.ArgumentParser:
     parser.add_argument("--video_size", type=int, help="square side (default: the checkpoint's eval protocol)")
     parser.add_argument("--stride", type=float, help="seconds between window starts (default: half a window)")
     parser.add_argument("--decoder", choices=DECODERS, help="video decoder (default: the run's data.decoder)")
-    parser.add_argument("--batch_size", type=int, default=32, help="windows per forward pass")
+    parser.add_argument("--batch_size", type=int, default=64, help="windows per forward pass (default 64)")
     parser.add_argument("--workers", type=int, default=1, help="decode worker processes (0 = in process)")
     parser.add_argument("--commit_every", type=int, default=16,
                         help="files embedded between commits to disk (what a killed run can lose)")

@@ -44,7 +44,7 @@ METRIC = "inner product of L2-normalised vectors (cosine)"
 class IndexRun:
     """How an update runs: windows per forward pass, decode worker processes, files per commit, device, bar."""
 
-    batch_size: int = 32
+    batch_size: int = 64
     num_workers: int = 1
     commit_every: int = 16
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
