@@ -3,14 +3,20 @@ folder, port in use, and a real headless Chromium typing a caption, playing a hi
 
 import http.client
 import json
+import os
+import re
+import select
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
 
 import pytest
 from conftest import make_video
-from search_corpus import COLOURS, caption, colour_folder, colour_run
+from search_corpus import COLOURS, caption, colour_folder, colour_run, relative_name
 
 from mmpt_lite.search import cli
 from mmpt_lite.search.index import IndexRun, update_index
@@ -18,6 +24,7 @@ from mmpt_lite.search.model import default_protocol, load_search_model
 from mmpt_lite.search.query import SearchIndex
 from mmpt_lite.search.server import MAX_QUERY_CHARS, make_server, parse_range
 
+REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 HOSTILE_RED = '<img src=x onerror="window.pwned=1">red.mp4'  # a legal file name, and markup if ever parsed
 
@@ -143,6 +150,30 @@ def test_a_port_in_use_is_one_line_and_status_2(app, capsys):
     err = capsys.readouterr().err.strip()
     assert status == 2 and len(err.splitlines()) == 1
     assert err == f"mmpt-lite serve: error: port {server.server_address[1]} on 127.0.0.1 is in use; pick another with --port"
+
+
+def test_serve_command_prints_its_address_serves_and_stops_on_ctrl_c(app):
+    _, index, _ = app
+    proc = subprocess.Popen([sys.executable, "-m", "mmpt_lite.search.cli", "serve", str(index.folder), "--port", "0"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready, "serve printed nothing in 120 s"
+        line = proc.stdout.readline()
+        match = re.search(r"at http://127\.0\.0\.1:(\d+)/ ", line)
+        assert match and f"({len(COLOURS)} files, {index.num_windows} windows)" in line, line
+        connection = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=30)
+        connection.request("GET", "/api/search?q=a+blue+screen&k=1")
+        reply = connection.getresponse()
+        assert reply.status == 200 and json.loads(reply.read())["results"][0]["file"] == relative_name("blue")
+        connection.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium and /usr/bin/chromedriver "

@@ -69,12 +69,17 @@ class SearchIndex:
 
     def refresh(self) -> bool:
         """Reload the table and vectors if a newer generation was committed; whether it did."""
-        header = read_header(self.folder)
-        if header is None or header["generation"] == self.header["generation"]:
+        try:
+            header = read_header(self.folder)
+            if header is None or header["generation"] == self.header["generation"]:
+                return False
+            if header["checkpoint"]["sha256"] != self.header["checkpoint"]["sha256"]:
+                return False  # an update never does this (it refuses another checkpoint): keep what is loaded
+            snapshot = read_snapshot(self.folder)
+        except SearchIndexError:
+            # an update committed again and removed this generation between the two reads, or the folder is
+            # being replaced: keep serving the loaded generation and look again at the next search
             return False
-        if header["checkpoint"]["sha256"] != self.header["checkpoint"]["sha256"]:
-            raise SearchIndexError(f"{self.folder}: re-built with another checkpoint; restart the server")
-        snapshot = read_snapshot(self.folder)
         with self._lock:
             self._use(snapshot)
         return True

@@ -219,14 +219,18 @@ def remove_stale(folder: Path, keep: str | None) -> list[str]:
 
 @contextlib.contextmanager
 def update_lock(folder: Path):
-    """Hold ``folder/.lock`` for the duration of an update: a second concurrent update is refused."""
+    """Hold ``folder/.lock`` for the duration of an update: a second concurrent update is refused.
+
+    A POSIX record lock (``lockf``), not ``flock``: decode workers forked during the update would inherit an
+    flock and, orphaned by a killed run, keep holding it; record locks belong to the process alone and go
+    with it."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as lock:
+    with open(folder / ".lock", "a+") as lock:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             raise SearchIndexError(f"{folder}: another mmpt-lite index run is updating this index") from None
         try:
             yield
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.lockf(lock, fcntl.LOCK_UN)
