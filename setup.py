@@ -80,7 +80,9 @@ EXTRAS = {
     # DDP over NCCL (local_big, slurm) and train.compile need nothing beyond a CUDA build of torch;
     # train.strategy deepspeed needs deepspeed.
     "dist": [DEEPSPEED],
-    "dev": ["pytest==9.0.3", "ruff==0.17.6", "hypothesis", "scikit-video==1.1.11", "POT", DALI, DEEPSPEED],
+    # selenium drives Debian's chromium + chromedriver in the web-app test (4.52 needs a certifi this index lacks)
+    "dev": ["pytest==9.0.3", "ruff==0.17.6", "hypothesis", "scikit-video==1.1.11", "POT", "selenium==4.51.0", DALI,
+            DEEPSPEED],
 }
 
 setup(

@@ -49,6 +49,9 @@ def _open_pyav(source: Source, threads: int):
         container.close()
         raise VideoDecodeError(name, "no video stream")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # e.g. a truncated .mov whose moov header never arrived
+        container.close()
+        raise VideoDecodeError(name, "the video stream has no decoder parameters (truncated or damaged file)")
     stream.codec_context.thread_count = threads
     # Frame threading adds latency per seek; with one thread the plain slice mode is the cheapest.
     stream.thread_type = "AUTO" if threads > 1 else "SLICE"
