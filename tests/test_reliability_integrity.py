@@ -4,11 +4,35 @@ a full disk while checkpointing leaves the previous checkpoint intact.
 Every case uses real files made in tmp folders (real bytes flipped, real truncations, a real tmpfs filled up).
 """
 
+import json
+import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+from conftest import make_video
+
+from mmpt_lite.checkpoint import (
+    CheckpointCorruptError,
+    CheckpointFormatError,
+    latest_checkpoint,
+    load_checkpoint,
+    load_rank_state,
+    rank_state_staging,
+    resolve_run_checkpoint,
+    save_checkpoint,
+    write_rank_state,
+)
+from mmpt_lite.config import RunConfig
+from mmpt_lite.data.loader import MilNceClipDataset, TrainLoader
+from mmpt_lite.data.shard_build import build_video_shards
+from mmpt_lite.data.shards import ShardCorruptError, ShardedCaptionStore, ShardedVideoStore, verify_shards
 from mmpt_lite.launch import main as launch_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,3 +178,309 @@ def test_config_names_match_the_modules_that_own_them():
     assert set(VIDEO_PRESET_NAMES) == set(VIDEO_PRESETS)
     assert set(CLASSIFIER_PRESET_NAMES) == set(CLASSIFIER_PRESETS)
     assert set(TASK_NAMES) == set(TASKS)
+
+
+# --------------------------------------------------------------------------- shards
+SHARD_FPS = 5.0
+
+
+@pytest.fixture(scope="module")
+def shard_sets(tmp_path_factory) -> dict[str, Path]:
+    """Three 2-3 s videos with captions, sharded as jpeg, raw and h264 (2 videos per shard)."""
+    root = tmp_path_factory.mktemp("shard_corpus")
+    for i, colour in enumerate(["red", "green", "blue"]):
+        make_video(root / "videos" / f"v{i}.mp4", colour, seconds=2.0 + i * 0.5, fps=10, size="64x48")
+        (root / "captions").mkdir(exist_ok=True)
+        (root / "captions" / f"v{i}.csv").write_text("start,end,text\n0.0,1.0,first words\n1.0,2.0,second words\n")
+    (root / "list.csv").write_text("video_path\nv0.mp4\nv1.mp4\nv2.mp4\n")
+    out = {}
+    for kind in ("jpeg", "raw", "h264"):
+        out[kind] = root / kind
+        build_video_shards(root / "list.csv", root / "videos", out[kind], caption_root=root / "captions", storage=kind,
+                           fps=SHARD_FPS, short_side=32, videos_per_shard=2, progress=False)
+    return out
+
+
+def _read_everything(root: Path) -> None:
+    videos, captions = ShardedVideoStore(root), ShardedCaptionStore(root)
+    for vid in videos.video_ids:
+        videos.read_frames(vid, 0, videos.num_frames(vid))
+        captions.get(vid)
+
+
+def _flip(path: Path, offset: int) -> int:
+    """Invert one byte of ``path`` (a negative offset counts from the end); returns the byte's offset."""
+    data = bytearray(path.read_bytes())
+    offset %= len(data)
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return offset
+
+
+def _zero(path: Path, offset: int, count: int) -> int:
+    data = bytearray(path.read_bytes())
+    data[offset:offset + count] = bytes(count)
+    path.write_bytes(bytes(data))
+    return offset
+
+
+def _truncate(path: Path, cut: int) -> None:
+    path.write_bytes(path.read_bytes()[:-cut])
+
+
+def _append(path: Path) -> None:
+    with open(path, "ab") as f:
+        f.write(b"\0")
+
+
+def _mid(path: Path) -> int:
+    return path.stat().st_size // 2
+
+
+def _item_of_byte(shard: Path, offset: int, kind: str) -> str:
+    """How the error names the item whose stored bytes hold data.bin byte ``offset``."""
+    offsets, starts = np.load(shard / "byte_offsets.npy"), np.load(shard / "video_starts.npy")
+    item = int(np.searchsorted(offsets, offset, side="right")) - 1  # h264: a video, else a frame
+    video = item if kind == "h264" else int(np.searchsorted(starts, item, side="right")) - 1
+    vid = np.load(shard / "video_ids.npy")[video].decode()
+    return f"video {vid!r}" if kind == "h264" else f"frame {item - int(starts[video])} of video {vid!r}"
+
+
+# (case, storage, damage(shard_00000 folder) -> offset of the damaged data.bin byte or None, detected at)
+SHARD_CASES = [
+    ("jpeg_flip_mid_data", "jpeg", lambda s: _flip(s / "data.bin", _mid(s / "data.bin")), "read"),
+    ("jpeg_flip_first_byte", "jpeg", lambda s: _flip(s / "data.bin", 0), "read"),
+    ("jpeg_zeroed_block", "jpeg", lambda s: _zero(s / "data.bin", 100, 600), "read"),
+    ("raw_flip_one_pixel", "raw", lambda s: _flip(s / "data.bin", _mid(s / "data.bin")), "read"),
+    ("raw_flip_last_byte", "raw", lambda s: _flip(s / "data.bin", -1), "read"),
+    ("h264_flip_mid_data", "h264", lambda s: _flip(s / "data.bin", _mid(s / "data.bin")), "read"),
+    ("jpeg_truncate_data", "jpeg", lambda s: _truncate(s / "data.bin", 1), "open"),
+    ("raw_truncate_data_half", "raw", lambda s: _truncate(s / "data.bin", _mid(s / "data.bin")), "open"),
+    ("jpeg_append_to_data", "jpeg", lambda s: _append(s / "data.bin"), "open"),
+    ("flip_byte_offsets", "jpeg", lambda s: _flip(s / "byte_offsets.npy", -3), "open"),
+    ("flip_video_starts", "raw", lambda s: _flip(s / "video_starts.npy", -1), "open"),
+    ("flip_video_ids", "jpeg", lambda s: _flip(s / "video_ids.npy", -1), "open"),
+    ("flip_caption_text", "jpeg", lambda s: _flip(s / "caption_text.bin", 3), "open"),
+    ("truncate_caption_times", "h264", lambda s: _truncate(s / "caption_times.npy", 4), "open"),
+    ("flip_item_crc32", "raw", lambda s: _flip(s / "item_crc32.npy", -1), "open"),
+    ("delete_videos_npy", "jpeg", lambda s: (s / "videos.npy").unlink(), "open"),
+]
+
+
+def test_damaged_shards_are_detected_on_read_in_one_line(shard_sets, tmp_path):
+    """A flipped byte, a zeroed block, a truncation or a missing file in any shard file ends the read with one
+    ShardCorruptError line naming the file (and for data.bin the video and frame); nothing decodes garbage."""
+    for root in shard_sets.values():
+        _read_everything(root)  # intact: reads everything without complaint
+    rows, failures = [], []
+    for name, kind, damage, when in SHARD_CASES:
+        root = tmp_path / name
+        shutil.copytree(shard_sets[kind], root)
+        shard = root / "shard_00000"
+        data_offset = damage(shard)
+        stage = "open"
+        try:
+            ShardedVideoStore(root)
+            ShardedCaptionStore(root)
+            stage = "read"
+            _read_everything(root)
+            rows.append((name, "missed"))
+            failures.append(f"{name}: not detected")
+            continue
+        except ShardCorruptError as exc:
+            message = str(exc)
+        except Exception as exc:  # noqa: BLE001 - anything else is a crash for this table
+            rows.append((name, "crash"))
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+            continue
+        rows.append((name, f"detected at {stage}"))
+        expected = [str(shard)] + (["crc32"] if when == "read" else [])
+        if when == "read":
+            expected.append(_item_of_byte(shard, data_offset, kind))
+        if stage != when or "\n" in message or not all(e in message for e in expected):
+            failures.append(f"{name}: at {stage} (expected {when}): {message!r} lacks {expected}")
+    detected = sum(r.startswith("detected") for _, r in rows)
+    print(f"\nshard damage cases: {len(rows)} | detected: {detected} (at open {sum(r.endswith('open') for _, r in rows)}, "
+          f"on read {sum(r.endswith('read') for _, r in rows)}) | crashes: {sum(r == 'crash' for _, r in rows)} | "
+          f"missed: {sum(r == 'missed' for _, r in rows)}")
+    assert not failures, "\n".join(failures)
+
+
+def test_old_manifest_without_checksums_stays_readable_and_says_so(shard_sets, tmp_path, caplog):
+    root = tmp_path / "old"
+    shutil.copytree(shard_sets["raw"], root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    for entry in manifest["shards"]:  # as a builder before per-item checksums wrote it
+        (root / entry["files"].pop("item_crc32")["path"]).unlink()
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    fresh = ShardedVideoStore(shard_sets["raw"])
+    with caplog.at_level(logging.WARNING, logger="mmpt_lite"):
+        store = ShardedVideoStore(root)
+    assert "2 of 2 shards were built without per-frame checksums" in caplog.text and "size only" in caplog.text
+    for vid in store.video_ids:
+        assert np.array_equal(store.read_frames(vid, 0, 99), fresh.read_frames(vid, 0, 99))
+    _truncate(root / "shard_00001" / "data.bin", 10)  # sizes are still checked
+    with pytest.raises(ShardCorruptError, match=r"shard_00001/data.bin: \d+ bytes but the manifest says"):
+        ShardedVideoStore(root)
+    assert verify_shards(shard_sets["raw"]) == []
+
+
+def _tokenize(texts):
+    return {"input_ids": torch.tensor([[len(t), 1] for t in texts])}
+
+
+def test_corrupt_frame_in_a_dataloader_worker_reaches_the_trainer_as_one_line(shard_sets, tmp_path):
+    """The training loader (TrainLoader, one worker process) on a shard whose every frame has a flipped byte:
+    the main process gets ShardCorruptError with the worker's one-line message, not garbage batches."""
+    root = tmp_path / "raw"
+    shutil.copytree(shard_sets["raw"], root)
+    for shard in sorted(root.glob("shard_*")):
+        offsets = np.load(shard / "byte_offsets.npy")
+        data = bytearray((shard / "data.bin").read_bytes())
+        for end in offsets[1:]:
+            data[int(end) - 1] ^= 0x01
+        (shard / "data.bin").write_bytes(bytes(data))
+    dataset = MilNceClipDataset(ShardedVideoStore(root), ShardedCaptionStore(root), _tokenize, num_frames=4,
+                                fps=SHARD_FPS, video_size=32, num_candidates=1, min_time=1.0, random_flip=False)
+    loader = TrainLoader(dataset, batch_size=2, rank=0, world_size=1, seed=0, num_workers=1)
+    with pytest.raises(ShardCorruptError) as exc:
+        next(iter(loader))
+    message = str(exc.value)
+    assert "\n" not in message and "Traceback" not in message, message
+    assert re.fullmatch(rf"{re.escape(str(root))}/shard_0000[01]/data\.bin: frame \d+ of video 'v\d' fails its crc32 "
+                        r"check \(stored [0-9a-f]{8}, read [0-9a-f]{8}\); rerun scripts/shard_howto.py .*", message), message
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _train_state(model: torch.nn.Module, step: int) -> dict:
+    """A real optimizer state after one Adam step, as the trainer saves it (plus its step)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(4, model.in_features)).square().mean().backward()
+    optimizer.step()
+    return {"step": step, "optimizer": optimizer.state_dict(), "rng_by_rank": [{"torch": torch.get_rng_state()}]}
+
+
+def _save(out: Path, step: int, *, width: int = 256, ranks: int = 0) -> Path:
+    """Checkpoint ``step`` of a real Linear(width, width) with its Adam state (and ``ranks`` rank_state files,
+    written through the per-rank staging path DeepSpeed uses)."""
+    torch.manual_seed(step)
+    model = torch.nn.Linear(width, width)
+    staging = None
+    if ranks:
+        staging = rank_state_staging(out, step)
+        staging.mkdir(parents=True)
+        for rank in range(ranks):
+            write_rank_state(staging, rank, {"partition": torch.arange(width, dtype=torch.float32) + rank})
+    return save_checkpoint(out, step, model_state=model.state_dict(), train_state=_train_state(model, step),
+                           cfg=RunConfig(), keep_last=5, rank_states=staging)
+
+
+def _meta_list(folder: Path) -> None:
+    (folder / "meta.json").write_text("[1, 2]\n")
+
+
+def _meta_digit(folder: Path) -> None:
+    meta = json.loads((folder / "meta.json").read_text())
+    sha = meta["files"]["model.safetensors"]["sha256"]
+    meta["files"]["model.safetensors"]["sha256"] = ("0" if sha[0] != "0" else "1") + sha[1:]
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+# (case, damage(step folder), substrings of load_checkpoint's error, does resolve_run_checkpoint see it)
+CHECKPOINT_CASES = [
+    ("flip_model_byte", lambda f: _flip(f / "model.safetensors", _mid(f / "model.safetensors")),
+     ["model.safetensors", "sha256 differs"], True),
+    ("flip_model_header", lambda f: _flip(f / "model.safetensors", 20), ["model.safetensors", "sha256"], True),
+    ("truncate_model", lambda f: _truncate(f / "model.safetensors", 100), ["model.safetensors", "truncated"], True),
+    ("flip_train_state", lambda f: _flip(f / "train_state.pt", _mid(f / "train_state.pt")),
+     ["train_state.pt", "sha256 differs"], False),
+    ("truncate_train_state", lambda f: _truncate(f / "train_state.pt", 1), ["train_state.pt", "truncated"], False),
+    ("zero_train_state_block", lambda f: _zero(f / "train_state.pt", 4096, 4096), ["train_state.pt"], False),
+    ("delete_train_state", lambda f: (f / "train_state.pt").unlink(), ["train_state.pt", "missing"], False),
+    ("flip_config", lambda f: _flip(f / "config.yaml", 2), ["config.yaml", "sha256"], True),
+    ("truncate_meta_json", lambda f: _truncate(f / "meta.json", 10), ["meta.json", "not valid JSON"], True),
+    ("meta_json_a_list", _meta_list, ["meta.json", "expected 'mmpt_lite'"], True),
+    ("meta_json_wrong_sha", _meta_digit, ["model.safetensors", "sha256 differs"], True),
+]
+
+
+def test_damaged_checkpoints_are_detected_on_load_in_one_line(tmp_path):
+    """Resume (load_checkpoint) and evaluation / init_from (resolve_run_checkpoint) refuse a checkpoint whose files
+    differ from what meta.json recorded, in one CheckpointFormatError line naming the file."""
+    rows, failures = [], []
+    for name, damage, must, seen_by_eval in CHECKPOINT_CASES:
+        out = tmp_path / name
+        folder = _save(out, 3)
+        load_checkpoint(folder)  # intact
+        damage(folder)
+        outcomes = []
+        for reader in (load_checkpoint, resolve_run_checkpoint):
+            try:
+                reader(folder if reader is load_checkpoint else out)
+                outcomes.append(None)
+            except CheckpointFormatError as exc:
+                outcomes.append(str(exc))
+            except Exception as exc:  # noqa: BLE001 - a crash for this table
+                outcomes.append(f"crash {type(exc).__name__}: {exc}")
+        resume, evaluation = outcomes
+        rows.append((name, "crash" if any(o and o.startswith("crash") for o in outcomes) else
+                     "detected" if resume else "missed"))
+        if not resume or "\n" in resume or resume.startswith("crash") or not all(m in resume for m in must + [str(folder)]):
+            failures.append(f"{name}: load_checkpoint -> {resume!r}")
+        if seen_by_eval != (evaluation is not None) or (evaluation and evaluation.startswith("crash")):
+            failures.append(f"{name}: resolve_run_checkpoint -> {evaluation!r}")
+    print(f"\ncheckpoint damage cases: {len(rows)} | detected: {sum(r == 'detected' for _, r in rows)} | crashes: "
+          f"{sum(r == 'crash' for _, r in rows)} | missed: {sum(r == 'missed' for _, r in rows)}")
+    assert not failures, "\n".join(failures)
+
+
+def test_rank_state_files_are_verified_per_rank(tmp_path):
+    folder = _save(tmp_path, 2, ranks=2)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert sorted(meta["files"]) == ["config.yaml", "model.safetensors", "rank_state/rank_00000.pt",
+                                     "rank_state/rank_00001.pt", "train_state.pt"]
+    assert torch.equal(load_rank_state(folder, 1)["partition"] - 1, load_rank_state(folder, 0)["partition"])
+    _flip(folder / "rank_state" / "rank_00001.pt", -30)
+    load_rank_state(folder, 0)  # rank 0's own file is intact
+    with pytest.raises(CheckpointCorruptError, match=r"rank_state/rank_00001.pt: sha256 differs from meta.json"):
+        load_rank_state(folder, 1)
+
+
+def test_eval_cli_refuses_a_corrupt_checkpoint_in_one_line(tmp_path, capsys):
+    from mmpt_lite.evaluation.cli import main as eval_main
+
+    folder = _save(tmp_path, 4)
+    _flip(folder / "model.safetensors", -5)
+    assert eval_main("msrvtt", ["--pretrain_cnn_path", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0] == (f"eval_msrvtt.py: error: {folder / 'model.safetensors'}: sha256 differs "
+                                            "from meta.json (corrupted)"), lines
+
+
+def test_checkpoint_from_before_file_records_is_still_read_and_its_weights_checked(tmp_path):
+    folder = _save(tmp_path, 5)
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["files"]  # as version 1 wrote it before sizes and hashes of every file were recorded
+    (folder / "meta.json").write_text(json.dumps(meta))
+    assert load_checkpoint(folder)["train_state"]["step"] == 5
+    _flip(folder / "model.safetensors", -5)
+    with pytest.raises(CheckpointCorruptError, match="model.safetensors: sha256 differs"):
+        load_checkpoint(folder)
+
+
+def test_resume_refuses_a_corrupt_latest_and_names_the_newest_intact_one(tmp_path):
+    """The policy: refuse (no silent fall-back), naming the damaged file and the previous intact step folder."""
+    steps = [_save(tmp_path, step) for step in (10, 20, 30)]
+    assert latest_checkpoint(tmp_path) == steps[2]
+    _flip(steps[2] / "train_state.pt", _mid(steps[2] / "train_state.pt"))
+    _truncate(steps[1] / "model.safetensors", 8)  # the one before is damaged too: the hint skips it
+    with pytest.raises(CheckpointCorruptError) as exc:
+        load_checkpoint(latest_checkpoint(tmp_path))
+    assert str(exc.value) == (f"{steps[2] / 'train_state.pt'}: sha256 differs from meta.json (corrupted); the newest "
+                              f"intact checkpoint before it is {steps[0]}: resume from it with train.resume={steps[0]}, "
+                              f"or move step_00000030 aside")
+    assert latest_checkpoint(tmp_path) == steps[2]  # nothing was changed on disk by the refusal
+    assert load_checkpoint(steps[0])["train_state"]["step"] == 10
+    _flip(steps[0] / "config.yaml", 0)
+    with pytest.raises(CheckpointCorruptError, match="no older intact checkpoint in the same folder$"):
+        load_checkpoint(steps[2])
