@@ -4,6 +4,7 @@ a full disk while checkpointing leaves the previous checkpoint intact.
 Every case uses real files made in tmp folders (real bytes flipped, real truncations, a real tmpfs filled up).
 """
 
+import errno
 import json
 import logging
 import os
@@ -16,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_video
+from conftest import launch_tiny, make_video
 
 from mmpt_lite.checkpoint import (
     CheckpointCorruptError,
     CheckpointFormatError,
+    CheckpointWriteError,
     latest_checkpoint,
     load_checkpoint,
     load_rank_state,
@@ -484,3 +486,116 @@ def test_resume_refuses_a_corrupt_latest_and_names_the_newest_intact_one(tmp_pat
     _flip(steps[0] / "config.yaml", 0)
     with pytest.raises(CheckpointCorruptError, match="no older intact checkpoint in the same folder$"):
         load_checkpoint(steps[2])
+
+
+# --------------------------------------------------------------------------- full disk
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 8 MiB tmpfs: writes past its size fail with ENOSPC."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True,
+                           text=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command on this machine: the full-disk tests mount a small tmpfs")
+    if r.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here ({r.stderr.strip()}): the full-disk tests need root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """Fill the file system of ``disk`` with one file, then give back ``leave`` bytes (tmpfs frees whole pages)."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(bytes(1 << 16))
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler
+
+
+def _free(path: Path) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(small_disk):
+    """Disk full at every point of a checkpoint write (weights, train state, config, meta.json, the new latest):
+    one CheckpointWriteError line naming the file and ENOSPC; step 1 stays latest and verifies; no temporary
+    file or folder remains and no space leaks; with space again the next write succeeds."""
+    out = small_disk / "run"
+    first = _save(out, 1)
+    sizes = {p.name: p.stat().st_size for p in first.iterdir()}
+    page = 4096
+    pages = {name: -(-size // page) * page for name, size in sizes.items()}
+    # Free space from nothing to "all but the last small file": each fails at a later file of the write.
+    leaves = [0, pages["model.safetensors"] // 2, pages["model.safetensors"] + pages["train_state.pt"] // 2,
+              pages["model.safetensors"] + pages["train_state.pt"],
+              pages["model.safetensors"] + pages["train_state.pt"] + pages["config.yaml"],
+              pages["model.safetensors"] + pages["train_state.pt"] + pages["config.yaml"] + pages["meta.json"]]
+    failed_at = []
+    for leave in leaves:
+        filler = _fill(small_disk, leave)
+        before = _free(small_disk)
+        with pytest.raises(CheckpointWriteError) as exc:
+            _save(out, 2)
+        message = str(exc.value)
+        failed_at.append(message.split(": ", 2)[1].rsplit("/", 1)[-1])
+        assert exc.value.errno == errno.ENOSPC and "\n" not in message, message
+        assert message.startswith(f"checkpoint step 2 not written: {out / 'checkpoints'}/") and (
+            f": ENOSPC No space left on device; the previous checkpoint {first} is intact and still latest") in message
+        assert latest_checkpoint(out) == first and load_checkpoint(first)["train_state"]["step"] == 1
+        assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_00000001"]
+        assert _free(small_disk) == before  # every temporary byte given back
+        filler.unlink()
+    assert len(set(failed_at)) >= 4, failed_at  # the failures hit different files of the write
+    print(f"\nfull-disk cases: {len(leaves)} (failed while writing {', '.join(failed_at)}) | previous checkpoint "
+          f"intact: {len(leaves)} | leftovers: 0")
+    second = _save(out, 2)
+    assert latest_checkpoint(out) == second and load_checkpoint(second)["train_state"]["step"] == 2
+
+
+@pytest.fixture
+def large_disk(tmp_path):
+    """A 64 MiB tmpfs: room for one debug_tiny checkpoint (22 MB) and its run folder."""
+    mount = tmp_path / "disk64"
+    mount.mkdir()
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True,
+                           text=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command on this machine: the full-disk tests mount a small tmpfs")
+    if r.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here ({r.stderr.strip()}): the full-disk tests need root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_training_run_on_a_full_disk_and_on_a_corrupt_latest_stops_naming_the_file(large_disk, tmp_path):
+    """Real runs: (1) 2 steps, checkpoint at 2; (2) the disk filled, resumed to step 4: the checkpoint at 4 fails,
+    the run exits non-zero naming ENOSPC and the file, step 2 stays latest and intact; (3) step 2's train state
+    damaged: the resume is refused naming the file (no silent restart from scratch)."""
+    out = large_disk / "run"
+    common = [f"data.root={tmp_path / 'how2-synth'}", f"train.output_dir={out}", "train.ckpt_every=2"]
+    r = launch_tiny(common + ["train.max_steps=2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    step2 = latest_checkpoint(out)
+    filler = _fill(large_disk, 512 * 1024)  # room for the run's logs and config, not for 7 MB of weights
+    r = launch_tiny(common + ["train.max_steps=4"])
+    expected = (f"checkpoint step 4 not written: {out / 'checkpoints'}/.tmp_step_00000004_", ": ENOSPC No space left "
+                f"on device; the previous checkpoint {step2} is intact and still latest")
+    assert r.returncode != 0 and any(expected[0] in line and line.endswith(expected[1])
+                                     for line in r.stderr.splitlines()), r.stderr[-3000:]
+    assert latest_checkpoint(out) == step2 and load_checkpoint(step2)["train_state"]["step"] == 2
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", step2.name]
+    filler.unlink()
+    _flip(step2 / "train_state.pt", _mid(step2 / "train_state.pt"))
+    r = launch_tiny(common + ["train.max_steps=4"])
+    assert r.returncode != 0 and (f"{step2 / 'train_state.pt'}: sha256 differs from meta.json (corrupted); no older "
+                                  "intact checkpoint in the same folder") in r.stderr, r.stderr[-3000:]
+    assert latest_checkpoint(out) == step2  # refused: nothing trained, nothing overwritten
