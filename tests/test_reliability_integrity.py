@@ -489,13 +489,13 @@ def test_resume_refuses_a_corrupt_latest_and_names_the_newest_intact_one(tmp_pat
 
 
 # --------------------------------------------------------------------------- full disk
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 8 MiB tmpfs: writes past its size fail with ENOSPC."""
-    mount = tmp_path / "disk"
+def _tmpfs(tmp_path: Path, size: str):
+    """A real tmpfs of ``size`` mounted in tmp_path: writes past its size fail with ENOSPC (skipped, saying why,
+    only where mounting is not permitted)."""
+    mount = tmp_path / f"disk_{size}"
     mount.mkdir()
     try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True,
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
                            text=True)
     except FileNotFoundError:
         pytest.skip("no mount command on this machine: the full-disk tests mount a small tmpfs")
@@ -503,6 +503,17 @@ def small_disk(tmp_path):
         pytest.skip(f"mounting a tmpfs is not permitted here ({r.stderr.strip()}): the full-disk tests need root")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    yield from _tmpfs(tmp_path, "8m")
+
+
+@pytest.fixture
+def large_disk(tmp_path):
+    """Room for one debug_tiny checkpoint (22 MB) and its run folder."""
+    yield from _tmpfs(tmp_path, "64m")
 
 
 def _fill(disk: Path, leave: int) -> Path:
@@ -558,22 +569,6 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(small_disk)
           f"intact: {len(leaves)} | leftovers: 0")
     second = _save(out, 2)
     assert latest_checkpoint(out) == second and load_checkpoint(second)["train_state"]["step"] == 2
-
-
-@pytest.fixture
-def large_disk(tmp_path):
-    """A 64 MiB tmpfs: room for one debug_tiny checkpoint (22 MB) and its run folder."""
-    mount = tmp_path / "disk64"
-    mount.mkdir()
-    try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True,
-                           text=True)
-    except FileNotFoundError:
-        pytest.skip("no mount command on this machine: the full-disk tests mount a small tmpfs")
-    if r.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here ({r.stderr.strip()}): the full-disk tests need root")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_training_run_on_a_full_disk_and_on_a_corrupt_latest_stops_naming_the_file(large_disk, tmp_path):
