@@ -155,7 +155,8 @@ def test_first_line_names_the_task():
 def test_unknown_task_names_the_valid_ones(repo_root):
     r = dryrun(repo_root, "--set", "train.task=clip")
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["error: train.task: 'clip' is not one of 'milnce', 'mae', 'umt', 'classify'"], r.stderr
+    assert r.stderr.strip().splitlines() == ["error: --set train.task=clip: train.task: 'clip' is not one of 'milnce', 'mae', 'umt', "
+                                             "'classify'"], r.stderr
 
 
 def test_every_task_module_provides_describe_prepare_build():

@@ -10,6 +10,7 @@ code and never name classes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -75,9 +76,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, str) and _SCI_FLOAT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string; it is plainly a float
+            value = float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string; it is plainly a float
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected float, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):  # .nan passes every range check by failing no comparison
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -135,17 +138,61 @@ def config_from_dict(data: dict, source: str = "<dict>") -> RunConfig:
 
 
 # --------------------------------------------------------------------------- files and overrides
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # unhashable: the base class says so with its line
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (first given on line "
+                                                        f"{first})", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_error(path: Path, text: str, exc: yaml.YAMLError) -> ConfigError:
+    """One line: the file, the line of the problem, what PyYAML says (its messages span several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        line = mark.line + 1
+    elif isinstance(getattr(exc, "position", None), int):  # ReaderError: a character YAML does not allow
+        line = text.count("\n", 0, exc.position) + 1
+    else:
+        line = None
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" line {line}:" if line is not None else ""
+    return ConfigError(f"{path}:{where} invalid YAML: {' '.join(str(problem).split())}")
+
+
+def _read_yaml(path: Path, role: str = "config file") -> dict:
+    """The mapping of one YAML file; ConfigError naming ``path`` for anything that is not a YAML mapping."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a {role}")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {role} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {role} ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          f"a {role} is a YAML text file") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{line} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise _yaml_error(path, text, exc) from None
     if data is None:
-        return {}
+        raise ConfigError(f"{path}: empty {role} (no settings); write at least one section, e.g. train: {{...}}")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
     return data
@@ -165,15 +212,22 @@ def read_config_file(path: str | os.PathLike) -> dict:
     """Read a YAML run file and its single optional ``base:`` include into one mapping."""
     path = Path(path)
     data = _read_yaml(path)
-    base = data.pop("base", None)
-    if base is None:
+    if "base" not in data:
         return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: base: expected a file name, got {type(base).__name__}")
+    base = data.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base: expected a file name, got {type(base).__name__} {base!r}")
     base_path = (path.parent / base).resolve()
-    base_data = _read_yaml(base_path)
+    if base_path == path.resolve():
+        raise ConfigError(f"{path}: base: {base} is this file (a file cannot include itself)")
+    if not base_path.exists():
+        raise ConfigError(f"{path}: base: {base_path} not found")
+    base_data = _read_yaml(base_path, "base config file")
     if "base" in base_data:
-        raise ConfigError(f"{base_path}: base: a base file may not include another (one level only)")
+        again = base_data["base"]
+        cycle = isinstance(again, str) and (base_path.parent / again).resolve() == path.resolve()
+        why = f"it includes {path} back (a cycle)" if cycle else "a base file may not include another (one level only)"
+        raise ConfigError(f"{base_path}: base: {why}")
     try:  # validate the base on its own so its errors name the base file
         config_from_dict(base_data, str(base_path))
     except ConfigError as exc:

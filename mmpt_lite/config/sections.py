@@ -15,6 +15,36 @@ class ConfigConflict(ConfigError):
     """Settings valid one by one that do not go together; a later ``--set`` may settle it."""
 
 
+# Range rules of _check_ranges: a test on the value and how the message says it. NaN fails every test.
+_RANGES = {
+    ">0": (lambda v: v > 0, "must be > 0"),
+    ">=0": (lambda v: v >= 0, "must be >= 0"),
+    ">=1": (lambda v: v >= 1, "must be at least 1"),
+    "(0,1]": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "(0,1)": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "[0,1)": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "[0,1]": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "[0,100]": (lambda v: 0 <= v <= 100, "must be in [0, 100]"),
+    "port": (lambda v: 1 <= v <= 65535, "must be a TCP port in [1, 65535]"),
+}
+
+
+def _check_ranges(section: str, obj: Any, **rules: str) -> None:
+    """Raise ConfigError ``<section>.<field>: <value> must be ...`` for the first field outside its rule."""
+    for name, rule in rules.items():
+        ok, says = _RANGES[rule]
+        value = getattr(obj, name)
+        if not ok(value):
+            raise ConfigError(f"{section}.{name}: {value!r} {says}")
+
+
+# Names the config checks at load, owned by the modules that implement them (tests/test_reliability_integrity.py
+# compares them with models.build.VIDEO_PRESETS, models.classifier.CLASSIFIER_PRESETS and train.tasks.TASKS).
+VIDEO_PRESET_NAMES = ("s3d", "s3d_nos2d", "vit_tiny", "vit_tiny_p8", "vit_s", "vit_b", "vit_l", "vit_h", "vit_g")
+CLASSIFIER_PRESET_NAMES = ("x3d_s",)  # classification-only towers (train.task classify)
+TASK_NAMES = ("milnce", "mae", "umt", "classify")
+
+
 # --------------------------------------------------------------------------- sections
 SYNTHETIC_SETS = ("train", "youcook2", "msrvtt", "finegrained", "hmdb51", "kinetics", "ssv2")  # synth.plan.SETS
 
@@ -40,7 +70,7 @@ class SyntheticConfig:
     """The embedded how2-synth corpus, generated when ``data.root`` does not exist yet."""
 
     enabled: bool = True
-    seed: int = 0
+    seed: int = 0  # >= 0 (numpy seeds)
     size: Literal["tiny", "default", "large"] = "default"
     # Training videos' background hue: "task" (the scene predicts the recipe, as on HowTo100M) or "random"
     # (one per video: no scene cue, so only motion tells the actions apart). Use another data.root for each.
@@ -55,6 +85,9 @@ class SyntheticConfig:
     sets: list[str] | str = "all"
 
     def __post_init__(self) -> None:
+        _check_ranges("data.synthetic", self, seed=">=0")
+        if self.train_videos < 0:
+            raise ConfigError(f"data.synthetic.train_videos: {self.train_videos} must be >= 0 (0: the size preset's)")
         names = [self.sets] if isinstance(self.sets, str) else self.sets
         if names != ["all"] and (not names or any(name not in SYNTHETIC_SETS for name in names)):
             raise ConfigError(f"data.synthetic.sets: {self.sets!r} must be 'all' or a non-empty list of "
@@ -73,6 +106,9 @@ class ActionNegativesConfig:
     # Where the negative actions come from: "video" = actions named elsewhere in the clip's own narration
     # (they fit its scene, so only the motion tells them apart); "all" = any action of the lexicon.
     pool: Literal["video", "all"] = "video"
+
+    def __post_init__(self) -> None:
+        _check_ranges("data.action_negatives", self, count=">=0")
 
 
 @dataclass(kw_only=True)
@@ -109,6 +145,10 @@ class DataConfig:
     # nvJPEG on a GPU, its CPU decoder otherwise; the gpu extra). Same batches either way (mmpt_lite.data.dali).
     loader: Literal["pytorch", "dali"] = "pytorch"
 
+    def __post_init__(self) -> None:
+        _check_ranges("data", self, num_frames=">=1", fps=">0", video_size=">=1", num_candidates=">=1",
+                      min_time=">=0", max_words=">=1", batch_size=">=1", clips_per_video=">=1", num_workers=">=0")
+
 
 @dataclass(kw_only=True)
 class VideoTowerConfig:
@@ -121,6 +161,11 @@ class VideoTowerConfig:
     # ViT attention kernel: "sdpa" (torch's, any device) or "flash_attn" (the flash-attn package: CUDA, bf16
     # autocast; built from source, README "GPU extras"). Same parameters either way, so checkpoints load in both.
     attention: Literal["sdpa", "flash_attn"] = "sdpa"
+
+    def __post_init__(self) -> None:
+        names = VIDEO_PRESET_NAMES + CLASSIFIER_PRESET_NAMES
+        if self.preset not in names:
+            raise ConfigError(f"model.video.preset: {self.preset!r} is not one of {', '.join(names)}")
 
 
 @dataclass(kw_only=True)
@@ -137,12 +182,18 @@ class TextTowerConfig:
     train_embeddings: bool = False  # word vectors frozen as in MIL-NCE; the small demo corpus needs them trained
     freeze: bool = False
 
+    def __post_init__(self) -> None:
+        _check_ranges("model.text", self, vocab_size=">=1", word_dim=">=1", hidden_dim=">=1")
+
 
 @dataclass(kw_only=True)
 class ModelConfig:
     video: VideoTowerConfig = field(default_factory=VideoTowerConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
     embed_dim: int = 512
+
+    def __post_init__(self) -> None:
+        _check_ranges("model", self, embed_dim=">=1")
 
 
 @dataclass(kw_only=True)
@@ -163,16 +214,9 @@ class NortonConfig:
     token_alpha: float = 0.1  # the log-sum-exp's temperature (-> max as it shrinks)
 
     def __post_init__(self) -> None:
-        checks = {"beta": 0 <= self.beta <= 1, "token_alpha": self.token_alpha > 0, "clip_epsilon": self.clip_epsilon > 0,
-                  "paragraph_epsilon": self.paragraph_epsilon > 0, "iterations": self.iterations >= 1,
-                  "paragraph_weight": self.paragraph_weight >= 0,
-                  "bucket_percentile": 0 <= self.bucket_percentile <= 100,
-                  "paragraph_temperature": self.paragraph_temperature > 0}
-        ranges = {"beta": "in [0, 1]", "token_alpha": "> 0", "clip_epsilon": "> 0", "paragraph_epsilon": "> 0", "iterations": ">= 1",
-                  "paragraph_weight": ">= 0", "bucket_percentile": "in [0, 100]", "paragraph_temperature": "> 0"}
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"loss.norton.{name}: {getattr(self, name)} must be {ranges[name]}")
+        _check_ranges("loss.norton", self, beta="[0,1]", clip_epsilon=">0", paragraph_epsilon=">0", iterations=">=1",
+                      paragraph_weight=">=0", bucket_percentile="[0,100]", paragraph_temperature=">0",
+                      token_alpha=">0")
 
 
 @dataclass(kw_only=True)
@@ -181,6 +225,9 @@ class LossConfig:
     temperature: float = 0.07  # infonce and norton (clip loss); MIL-NCE uses raw dot products
     learn_temperature: bool = False
     norton: NortonConfig = field(default_factory=NortonConfig)  # loss.name norton only
+
+    def __post_init__(self) -> None:
+        _check_ranges("loss", self, temperature=">0")
 
 
 @dataclass(kw_only=True)
@@ -200,10 +247,12 @@ class OptimConfig:
     accum_steps: int = 1
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.layer_decay <= 1.0:
-            raise ConfigError(f"optim.layer_decay: {self.layer_decay} must be in (0, 1] (1 = off)")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ConfigError(f"optim.momentum: {self.momentum} must be in [0, 1)")
+        _check_ranges("optim", self, lr=">0", weight_decay=">=0", momentum="[0,1)", layer_decay="(0,1]",
+                      warmup_steps=">=0", min_lr=">=0", grad_clip=">=0", accum_steps=">=1")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas: {self.betas} must be two values in [0, 1)")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"optim.min_lr: {self.min_lr} must not exceed optim.lr ({self.lr})")
 
 
 @dataclass(kw_only=True)
@@ -220,6 +269,10 @@ class MaeConfig:
     sampling_stride: int = 4  # frames between samples: 4 Kinetics, 2 SSv2
     dataset: Literal["shards", "ssv2", "kinetics"] = "shards"  # video-only source for masked pretraining
 
+    def __post_init__(self) -> None:
+        _check_ranges("mae", self, mask_ratio="(0,1)", decoder_mask_ratio="[0,1)", decoder_depth=">=1",
+                      decoder_width=">=0", decoder_heads=">=0", sampling_stride=">=1")
+
 
 @dataclass(kw_only=True)
 class UmtConfig:
@@ -234,10 +287,7 @@ class UmtConfig:
     align_layers: int = 6  # the student's last K blocks aligned with the teacher's last K
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.keep_ratio <= 1.0:
-            raise ConfigError(f"umt.keep_ratio: {self.keep_ratio} must be in (0, 1]")
-        if self.align_layers < 1:
-            raise ConfigError(f"umt.align_layers: {self.align_layers} must be at least 1")
+        _check_ranges("umt", self, keep_ratio="(0,1]", align_layers=">=1")
 
 
 @dataclass(kw_only=True)
@@ -272,22 +322,9 @@ class ClassifyConfig:
     test_size: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("drop_path", "dropout", "label_smoothing"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"classify.{name}: {getattr(self, name)} must be in [0, 1)")
-        for name in ("mixup", "cutmix"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"classify.{name}: {getattr(self, name)} must be >= 0 (0 = off)")
-        for name in ("mixup_prob", "mixup_switch_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"classify.{name}: {getattr(self, name)} must be a probability in [0, 1]")
-        if self.test_clips < 0:
-            raise ConfigError(f"classify.test_clips: {self.test_clips} must be >= 0 (0 = the dataset's published count)")
-        for name in ("sampling_stride", "test_crops"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"classify.{name}: {getattr(self, name)} must be at least 1")
-        if self.test_size < 0:
-            raise ConfigError(f"classify.test_size: {self.test_size} must be >= 0 (0 = data.video_size)")
+        _check_ranges("classify", self, drop_path="[0,1)", dropout="[0,1)", label_smoothing="[0,1)", mixup=">=0",
+                      cutmix=">=0", mixup_prob="[0,1]", mixup_switch_prob="[0,1]", test_clips=">=0",
+                      sampling_stride=">=1", test_crops=">=1", test_size=">=0")
         scales = self.jitter_scales
         if len(scales) != 2 or not 0 < scales[0] <= scales[1]:
             raise ConfigError(f"classify.jitter_scales: {scales} must be [min, max] short sides, 0 < min <= max")
@@ -320,10 +357,14 @@ class RetriConfig:
     clips_per_video: int = 4  # clips averaged into each video's embedding
     neighbours_factor: int = 2  # each seed video's 2 x batch nearest neighbours form its candidate pool
 
+    def __post_init__(self) -> None:
+        _check_ranges("retri", self, start_epoch=">=0", every_epochs=">=1", nlist=">=1", nprobe=">=1",
+                      clips_per_video=">=1", neighbours_factor=">=1")
+
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    task: str = "milnce"  # a name in mmpt_lite.train.tasks.TASKS (checked when the run starts)
+    task: str = "milnce"  # a name in mmpt_lite.train.tasks.TASKS (TASK_NAMES above)
     output_dir: str = "runs/how2_pretrain"
     max_steps: int = 100
     epochs: int = 0  # >0: derive max_steps from the epoch size
@@ -342,6 +383,12 @@ class TrainConfig:
     zero_stage: int = 2  # deepspeed's ZeRO stage: 1 partitions optimizer state, 2 also the gradients
 
     def __post_init__(self) -> None:
+        if self.task not in TASK_NAMES:
+            raise ConfigError(f"train.task: {self.task!r} is not one of {', '.join(map(repr, TASK_NAMES))}")
+        _check_ranges("train", self, max_steps=">=0", epochs=">=0", seed=">=0", log_every=">=1", ckpt_every=">=0",
+                      keep_last=">=0", max_nonfinite=">=1", peak_tflops=">=0")
+        if self.max_steps == 0 and self.epochs == 0:
+            raise ConfigError("train.max_steps: 0 with train.epochs 0 trains nothing; set one of them > 0")
         if self.zero_stage not in (1, 2):
             raise ConfigError(f"train.zero_stage: {self.zero_stage} must be 1 or 2 (ZeRO stage of train.strategy "
                               "deepspeed; stage 3 would shard the weights checkpoints and evaluation read whole)")
@@ -358,6 +405,10 @@ class EvalConfig:
     video_size: int = 112
     batch_size: int = 16
     hmdb_fps: float = 0.0  # HMDB probe decoding rate; 0 = native (the published protocol)
+
+    def __post_init__(self) -> None:
+        _check_ranges("eval", self, every_steps=">=0", num_windows_test=">=1", num_frames=">=1", fps=">0",
+                      video_size=">=1", batch_size=">=1", hmdb_fps=">=0")
 
 
 @dataclass(kw_only=True)
@@ -402,6 +453,10 @@ class LaunchConfig:
             raise ConfigConflict(f"launch.cpus_per_task: {self.cpus_per_task} CPUs cannot hold "
                                  f"{self.ranks_per_node} ranks per node (launch.nproc_per_node, auto = "
                                  "launch.gpus_per_node); give each rank at least one CPU")
+
+    def __post_init__(self) -> None:
+        _check_ranges("launch", self, nproc_local_small=">=1", nproc_local_big=">=1", nodes=">=1", gpus_per_node=">=1",
+                      cpus_per_task=">=1", master_port="port")
 
 
 # A stage's overrides: dotted keys of this file's sections (``train.max_steps: 300``; nested mappings are read
@@ -453,12 +508,7 @@ class RunConfig:
         clips, batch = self.data.clips_per_video, self.data.batch_size
         if clips < 1 or batch % clips:
             raise ConfigError(f"data.clips_per_video: {clips} must be at least 1 and divide data.batch_size ({batch})")
-        if self.data.synthetic.train_videos < 0:
-            raise ConfigError(f"data.synthetic.train_videos: {self.data.synthetic.train_videos} must be >= 0 "
-                              "(0: the size preset's)")
         negatives = self.data.action_negatives.count
-        if negatives < 0:
-            raise ConfigError(f"data.action_negatives.count: {negatives} must be >= 0")
         if negatives and self.loss.name != "milnce":
             raise ConfigConflict(f"data.action_negatives.count: hard-negative captions need loss.name milnce, "
                                  f"not {self.loss.name!r}")
@@ -480,6 +530,9 @@ class RunConfig:
                 and synthetic.sets != "all" and self.classify.dataset not in synthetic.sets):
             raise ConfigConflict(f"data.synthetic.sets: fine-tuning on classify.dataset={self.classify.dataset} reads "
                                  f"the synthetic corpus's {self.classify.dataset} set; add it to {synthetic.sets}")
+        if self.model.video.preset in CLASSIFIER_PRESET_NAMES and self.train.task != "classify":
+            raise ConfigConflict(f"model.video.preset: {self.model.video.preset!r} is a classifier (train.task classify), "
+                                 f"not a tower for train.task {self.train.task!r}")
         if self.data.loader == "dali" and self.train.task != "milnce":
             raise ConfigConflict(f"data.loader: 'dali' reads MIL-NCE clips (train.task milnce), not train.task "
                                  f"{self.train.task!r}; use data.loader=pytorch")

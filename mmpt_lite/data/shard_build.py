@@ -32,10 +32,12 @@ import simplejpeg
 from mmpt_lite.data.decoders import get_decoder
 from mmpt_lite.data.howto import CaptionError, CorpusItem, Skip, read_caption_file, read_video_list
 from mmpt_lite.data.shards import (
+    CHECKSUM_ROLE,
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_NAME,
     STORAGE_KINDS,
+    item_crc32,
     load_manifest,
     verify_shard_entry,
     write_json_atomic,
@@ -175,12 +177,12 @@ def _encode_video(path: str, storage: StorageSpec, decoder: str, part: Path) -> 
             frames = iter_clip_frames(path, 0.0, fps=storage.fps, transform=transform)
         else:
             frames = iter(read_all_frames(path, fps=storage.fps, transform=transform, backend=decoder))
-        sizes, height, width = [], 0, 0
+        sizes, crcs, height, width = [], [], 0, 0
         with open(part, "wb") as f:
             if storage.kind == "h264":
                 blob, count, height, width = _encode_h264(frames, storage)
                 f.write(blob)
-                sizes = [len(blob)]
+                sizes, crcs = [len(blob)], [item_crc32(blob)]
             else:
                 for frame in frames:
                     height, width = frame.shape[:2]
@@ -189,12 +191,13 @@ def _encode_video(path: str, storage: StorageSpec, decoder: str, part: Path) -> 
                                if storage.kind == "jpeg" else frame.tobytes())
                     f.write(payload)
                     sizes.append(len(payload))
+                    crcs.append(item_crc32(payload))  # of the bytes as encoded, before any copy
                 count = len(sizes)
     except (av.FFmpegError, ValueError) as err:   # from the h264 encoder or odd frame sizes
         raise VideoDecodeError(path, f"re-encoding failed ({err})") from err
     if count == 0:
         raise VideoDecodeError(path, "no frame decoded")
-    return {"num_frames": count, "byte_sizes": sizes, "height": height, "width": width,
+    return {"num_frames": count, "byte_sizes": sizes, "crc32": crcs, "height": height, "width": width,
             "source_fps": info.fps, "source_duration": info.duration}
 
 
@@ -240,7 +243,8 @@ def _assemble_shard(task: _ShardTask, rows: list[dict]) -> dict:
     counts = [r["num_frames"] for r in kept]
     arrays = {"byte_offsets": np.cumsum([0, *sizes], dtype=np.int64),
               "video_starts": np.cumsum([0, *counts], dtype=np.int64),
-              "video_ids": _ids_array([r["video_id"] for r in kept]), "videos": meta, **captions.arrays()}
+              "video_ids": _ids_array([r["video_id"] for r in kept]), "videos": meta, **captions.arrays(),
+              CHECKSUM_ROLE: np.array([crc for r in kept for crc in r["crc32"]], np.uint32)}
     files = {"data": _write_synced(folder / "data.bin", concatenate_parts),
              **{role: _write_synced(folder / f"{role}.npy", functools.partial(np.save, arr=array))
                 for role, array in arrays.items()},

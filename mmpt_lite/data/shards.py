@@ -15,29 +15,76 @@ Layout of an output folder::
         caption_times.npy       float32 [C, 2] (start, end) seconds, sorted by start within a video
         caption_text.bin        UTF-8 caption texts back to back
         caption_text_offsets.npy  int64 [C+1]
+        item_crc32.npy          uint32 [F] crc32 of each frame's bytes in data.bin (h264: [V], each video's mp4)
 
 All offset arrays follow VideoCLIP's scheme: ``starts[0] = 0``, ``starts[-1] = len``, item i is
 ``data[starts[i]:starts[i+1]]``. Readers never list folders: a shard exists once the manifest names it.
+
+Integrity on read (not only by ``--verify``): opening a store checks every listed file's size against the
+manifest (a truncation costs a stat) and the sha256 of every file but ``data.bin`` (offsets, ids, captions,
+checksums: small; hashed once per process); each read of a frame (h264: of a video) checks its crc32 before
+decoding. A mismatch raises :class:`ShardCorruptError`, one line naming the file, the video id and the frame.
+Shards built before ``item_crc32.npy`` existed stay readable: their ``data.bin`` is checked for size only
+(the store logs a warning saying so, and rebuilding them adds the checksums).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import mmap
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
 import simplejpeg
 
 from mmpt_lite.data.video import read_clip, resize_rgb
-from mmpt_lite.fileio import atomic_write_text, file_sha256
+from mmpt_lite.fileio import FileIntegrityError, atomic_write_text, file_sha256
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "mmpt_lite.shards"
 FORMAT_VERSION = 1
 STORAGE_KINDS = ("jpeg", "raw", "h264")
+CHECKSUM_ROLE = "item_crc32"  # optional role (absent in shards built before it): per-item crc32 of data.bin
+REPAIR_HINT = ("rerun scripts/shard_howto.py with the same options to rebuild damaged shards, or --verify to "
+               "list every damaged file")
+log = logging.getLogger("mmpt_lite")
+# Files whose sha256 matched their manifest in this process, keyed by (path, size, mtime_ns, inode): the video
+# and caption stores of one run open the same shards, and a rank hashes them once.
+_HASHED: set[tuple[str, int, int, int]] = set()
+
+
+class ShardCorruptError(FileIntegrityError):
+    """A shard file differs from its manifest (missing, wrong size, wrong sha256) or an item fails its crc32."""
+
+
+def item_crc32(payload) -> int:
+    """crc32 of one stored item (a frame's JPEG or raw bytes, or a video's mp4), as ``item_crc32.npy`` holds it."""
+    return zlib.crc32(payload) & 0xFFFFFFFF
+
+
+def check_shard_files(root: Path, entry: dict) -> None:
+    """Raise ShardCorruptError for the first file of a manifest entry that is missing, has another size than
+    the manifest says, or (every file but ``data.bin``, whose items carry crc32s) another sha256."""
+    for role, meta in entry["files"].items():
+        path = root / meta["path"]
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise ShardCorruptError(f"{path}: missing ({role} file of {entry['name']}); {REPAIR_HINT}") from None
+        if stat.st_size != meta["bytes"]:
+            raise ShardCorruptError(f"{path}: {stat.st_size} bytes but the manifest says {meta['bytes']} (truncated "
+                                    f"or rewritten); {REPAIR_HINT}")
+        key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if role == "data" or key in _HASHED:
+            continue
+        if file_sha256(path) != meta["sha256"]:
+            raise ShardCorruptError(f"{path}: sha256 differs from the manifest (corrupted {role} file of "
+                                    f"{entry['name']}); {REPAIR_HINT}")
+        _HASHED.add(key)
 
 
 def load_manifest(root: str | Path) -> dict:
@@ -100,6 +147,8 @@ class _ShardIndex:
         self.root = Path(root)
         self.manifest = load_manifest(self.root)
         self._shards = self.manifest["shards"]
+        for entry in self._shards:
+            check_shard_files(self.root, entry)
         ids, shard_of, local = [], [], []
         for pos in range(len(self._shards)):
             shard_ids = np.load(self._path(pos, "video_ids"))
@@ -167,6 +216,24 @@ class ShardedVideoStore(_ShardIndex):
             raise ValueError(f"{self.root}: holds {self.manifest.get('mode')} shards, not video frames")
         self.storage: dict = self.manifest["storage"]
         self.fps: float = float(self.storage["fps"])
+        unchecked = sum(CHECKSUM_ROLE not in entry["files"] for entry in self._shards)
+        if unchecked:
+            log.warning("%s: %d of %d shards were built without per-frame checksums (%s): their data.bin is checked "
+                        "for its size only; rebuild them into a new folder to check every frame on read", self.root,
+                        unchecked, len(self._shards), CHECKSUM_ROLE + ".npy")
+
+    def _check_items(self, pos: int, video_id: str, items: range | list[int], first: int) -> None:
+        """crc32 of data.bin items ``items`` (indices into the shard's byte_offsets) against item_crc32.npy;
+        ``first`` = the video's first item, so frame numbers in messages count from the video's start."""
+        if CHECKSUM_ROLE not in self._shards[pos]["files"]:
+            return
+        offsets, data, stored = (self._handle(pos, role) for role in ("byte_offsets", "data", CHECKSUM_ROLE))
+        for k in items:
+            read = item_crc32(data[int(offsets[k]):int(offsets[k + 1])])
+            if read != int(stored[k]):
+                what = f"video {video_id!r}" if self.storage["kind"] == "h264" else f"frame {k - first} of video {video_id!r}"
+                raise ShardCorruptError(f"{self._path(pos, 'data')}: {what} fails its crc32 check (stored "
+                                        f"{int(stored[k]):08x}, read {read:08x}); {REPAIR_HINT}")
 
     def num_frames(self, video_id: str) -> int:
         pos, i = self._locate(video_id)
@@ -190,6 +257,7 @@ class ShardedVideoStore(_ShardIndex):
         if len(indices) and (indices.min() < 0 or indices.max() >= stop - first):
             raise IndexError(f"video {video_id!r} has {stop - first} frames; asked for frames "
                              f"{indices.min()}..{indices.max()}")
+        self._check_items(pos, video_id, [first + j for j in indices.tolist()], first)
         offsets, data = self._handle(pos, "byte_offsets"), self._handle(pos, "data")
         return [data[int(offsets[first + j]):int(offsets[first + j + 1])] for j in indices.tolist()]
 
@@ -212,6 +280,7 @@ class ShardedVideoStore(_ShardIndex):
         if stop == start:
             return out
         kind = self.storage["kind"]
+        self._check_items(pos, video_id, [i] if kind == "h264" else range(start, stop), first)
         if kind == "raw":
             frames = self._raw_frames(pos, start, stop, int(row["height"]), int(row["width"]))
         elif kind == "jpeg":
