@@ -438,6 +438,7 @@ class LaunchConfig:
         return self.nproc_per_node or self.gpus_per_node or 1
 
     def __post_init__(self) -> None:
+        _check_ranges("launch", self, nproc_local_small=">=1", nproc_local_big=">=1")
         for key in ("nodes", "cpus_per_task"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"launch.{key}: {getattr(self, key)} must be at least 1")
@@ -453,10 +454,6 @@ class LaunchConfig:
             raise ConfigConflict(f"launch.cpus_per_task: {self.cpus_per_task} CPUs cannot hold "
                                  f"{self.ranks_per_node} ranks per node (launch.nproc_per_node, auto = "
                                  "launch.gpus_per_node); give each rank at least one CPU")
-
-    def __post_init__(self) -> None:
-        _check_ranges("launch", self, nproc_local_small=">=1", nproc_local_big=">=1", nodes=">=1", gpus_per_node=">=1",
-                      cpus_per_task=">=1", master_port="port")
 
 
 # A stage's overrides: dotted keys of this file's sections (``train.max_steps: 300``; nested mappings are read

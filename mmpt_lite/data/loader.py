@@ -14,8 +14,10 @@ depends only on its place in the plan, never on worker scheduling, and a resume 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import math
+import multiprocessing
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -275,6 +277,7 @@ class TrainLoader:
                                  f"[steps, {self.world_size}, {self.batch_size}]")
             sampler = PlanBatchSampler(plan, rank=self.rank, epoch=epoch, seed=self.seed, start_step=start,
                                        seed_group=self.seed_group)
+            _register_exit_hook()
             loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                                 collate_fn=self.collate_fn, pin_memory=self.pin_memory, generator=self._generator(),
                                 persistent_workers=False, prefetch_factor=4 if self.num_workers else None,
@@ -299,6 +302,7 @@ class TrainLoader:
         sampler = _ShuffledEpochsSampler(len(self.dataset), rank=self.rank, world_size=self.world_size,
                                          batch_size=self.batch_size, seed=self.seed, start=self.position,
                                          group=self.group, seed_group=self.seed_group)
+        _register_exit_hook()
         loader = DataLoader(_PositionTagged(self.dataset), batch_sampler=sampler, num_workers=self.num_workers,
                             collate_fn=functools.partial(_collate_tagged, self.collate_fn), pin_memory=self.pin_memory,
                             generator=self._generator(), prefetch_factor=4 if self.num_workers else None,
@@ -314,6 +318,26 @@ def _ignore_stop_signals(_worker_id: int) -> None:
     rank ends its workers itself, and they exit on their own when the rank dies (torch's parent check)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def _kill_leftover_workers() -> None:
+    """At interpreter exit, before multiprocessing's own exit hook: that hook ends daemonic children with
+    SIGTERM, which these workers ignore, and then waits for them forever. Workers still alive here belong to
+    an iterator that was never closed (e.g. one kept by an exception's traceback); SIGKILL is what ends them."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+_exit_hook_registered = False
+
+
+def _register_exit_hook() -> None:
+    # Registered after multiprocessing's hook (imported with torch), so it runs before it (atexit is LIFO).
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(_kill_leftover_workers)
+        _exit_hook_registered = True
 
 
 class _ShuffledEpochsSampler:

@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 
 from mmpt_lite import distributed as mdist
+from mmpt_lite.checkpoint import CheckpointFormatError, CheckpointWriteError
 from mmpt_lite.config import ConfigError, RunConfig, load_config, resolve_path, save_config
 from mmpt_lite.data.loader import TrainLoader
+from mmpt_lite.fileio import FileIntegrityError
 from mmpt_lite.train.logging import setup_logging
 from mmpt_lite.train.preemption import PREEMPTED_EXIT, Preempted, StopRequests, clear_marker
 from mmpt_lite.train.tasks import get_task
@@ -111,6 +113,10 @@ def run(cfg: RunConfig) -> int:
         return 0
     except Preempted:
         return PREEMPTED_EXIT
+    except (CheckpointFormatError, CheckpointWriteError, FileIntegrityError) as exc:
+        # a damaged shard or checkpoint, or a full disk while saving: the one line says which file and what to do
+        log.error("error: %s", exc)
+        return 1
     except NonFiniteLossError as exc:
         log.error("%s", exc)
         return 3
