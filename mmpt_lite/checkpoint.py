@@ -43,7 +43,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmpt_lite.config import RunConfig, save_config
-from mmpt_lite.fileio import FileIntegrityError, file_sha256
+from mmpt_lite.fileio import FileIntegrityError, file_sha256, fsync_path
 
 FORMAT = "mmpt_lite"
 VERSION = 1
@@ -88,14 +88,6 @@ def _write_error(what: str, path: Path, exc: BaseException, intact: Path | None)
     return error
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _torch_save(obj: Any, path: Path) -> None:
     """torch.save through a Python file object (so an OSError, e.g. ENOSPC, stays in the exception chain), fsynced."""
     with open(path, "wb") as f:
@@ -135,12 +127,12 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, *, model_state: di
         current = tmp / "model.safetensors"
         save_file(tensors, str(current))
         del tensors
-        _fsync(current)
+        fsync_path(current)
         current = tmp / "train_state.pt"
         _torch_save(train_state, current)
         current = tmp / "config.yaml"
         save_config(cfg, current)
-        _fsync(current)
+        fsync_path(current)
         if rank_states is not None:
             current = tmp / RANK_STATE_DIR
             os.replace(rank_states, current)
@@ -170,7 +162,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, *, model_state: di
         shutil.rmtree(final)
     os.replace(tmp, final)
     os.replace(pointer_tmp, root / "latest")
-    _fsync(root)
+    fsync_path(root)
     for old in list_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -48,3 +48,12 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False
     except BaseException:  # a full disk (ENOSPC) or a kill: leave no half-written temporary behind
         tmp.unlink(missing_ok=True)
         raise
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a written file, or a folder's entries (after a rename into it), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -176,7 +176,8 @@ def pending_stop() -> int | None:
     return _pending_stop
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -209,13 +210,13 @@ def start_orphan_watchdog(poll_s: float = 0.5) -> threading.Thread | None:
     """
     launcher = int(os.environ.get(LAUNCHER_PID_ENV, "0") or 0)
     parent = os.getppid()
-    if (launcher and not _alive(launcher)) or parent == 1:
+    if (launcher and not pid_alive(launcher)) or parent == 1:
         _die()
 
     def watch() -> None:
         while True:
             time.sleep(poll_s)
-            if os.getppid() != parent or (launcher and not _alive(launcher)):
+            if os.getppid() != parent or (launcher and not pid_alive(launcher)):
                 _die()
 
     thread = threading.Thread(target=watch, name="mmpt-orphan-watchdog", daemon=True)
@@ -251,6 +252,6 @@ def run_processes(run_dir: str | os.PathLike) -> list[int]:
             env = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if want in env.split(b"\0") and _alive(int(entry.name)):
+        if want in env.split(b"\0") and pid_alive(int(entry.name)):
             found.append(int(entry.name))
     return sorted(found)

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import simplejpeg
 from conftest import make_video
-from safetensors.torch import load_file, save_file
 from search_corpus import COLOURS, caption, colour_folder, colour_run, relative_name
 
-from mmpt_lite.checkpoint import resolve_run_checkpoint
+from mmpt_lite.checkpoint import load_checkpoint, resolve_run_checkpoint, save_checkpoint
+from mmpt_lite.config import load_config
 from mmpt_lite.data.video import probe_video
 from mmpt_lite.fileio import file_sha256
 from mmpt_lite.search import cli
@@ -278,13 +278,13 @@ def test_results_page_escapes_every_untrusted_text():
 
 def test_another_checkpoint_or_window_is_refused_in_one_line(tmp_path, built, run, capsys):
     videos, index_dir, _ = built
-    other = tmp_path / "other_run"
-    shutil.copytree(run, other)
-    weights = resolve_run_checkpoint(other) / "model.safetensors"
-    state = load_file(str(weights))
+    other = tmp_path / "other_run"  # the same run with one tensor changed, saved as training saves it
+    ckpt = load_checkpoint(resolve_run_checkpoint(run))
+    state = ckpt["model"]
     first = sorted(state)[0]
     state[first] = state[first] + 1.0
-    save_file(state, str(weights))
+    weights = save_checkpoint(other, ckpt["meta"]["step"], model_state=state, train_state=ckpt["train_state"],
+                              cfg=load_config(ckpt["config_path"])) / "model.safetensors"
     before = read_header(index_dir)
     status = cli.index_main([str(videos), "--checkpoint", str(other), "--out", str(index_dir), "--quiet"])
     err = capsys.readouterr().err.strip()

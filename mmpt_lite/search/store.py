@@ -30,7 +30,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from mmpt_lite.fileio import atomic_write_text
+from mmpt_lite.fileio import atomic_write_text, fsync_path
 from mmpt_lite.search.walk import SkippedFile
 
 HEADER_NAME = "index.json"
@@ -159,14 +159,6 @@ def _fsynced_csv(path: Path, columns: tuple[str, ...], records) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def commit(folder: str | os.PathLike, header: dict, rows: list[WindowRow], vectors: np.ndarray,
            skipped: list[SkippedFile]) -> dict:
     """Write ``rows`` / ``vectors`` (float32 [N, D]) / ``skipped`` as the next generation and point the header
@@ -184,14 +176,14 @@ def commit(folder: str | os.PathLike, header: dict, rows: list[WindowRow], vecto
     if len(vectors):
         index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     faiss.write_index(index, str(tmp / "vectors.faiss"))
-    _fsync_path(tmp / "vectors.faiss")
+    fsync_path(tmp / "vectors.faiss")
     sha256 = header["checkpoint"]["sha256"]
     _fsynced_csv(tmp / "windows.csv", TABLE_COLUMNS,
                  ([i, r.file, f"{r.start:.6f}", f"{r.end:.6f}", r.size, r.mtime_ns, sha256] for i, r in enumerate(rows)))
     _fsynced_csv(tmp / "skipped.csv", SKIPPED_COLUMNS, ([s.rel, s.size, s.mtime_ns, s.reason] for s in skipped))
     shutil.rmtree(folder / name, ignore_errors=True)  # a generation a killed run renamed but never named
     os.replace(tmp, folder / name)
-    _fsync_path(folder)
+    fsync_path(folder)
     written = {"format": FORMAT, "version": VERSION, **header, "generation": generation,
                "files": {"vectors": f"{name}/vectors.faiss", "table": f"{name}/windows.csv",
                          "skipped": f"{name}/skipped.csv"},

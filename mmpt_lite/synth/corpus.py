@@ -34,6 +34,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from mmpt_lite.fileio import atomic_write_text
+from mmpt_lite.lifetime import pid_alive
 from mmpt_lite.synth.plan import (
     GENERATOR_VERSION,
     SETS,
@@ -136,21 +137,11 @@ def _ffmpeg_version(encoder: str) -> str:
     return first[0].split(" Copyright")[0] if first else "unknown"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_builds(out: Path) -> None:
     """Delete `<out>.tmp-<pid>` folders left by interrupted runs whose process is gone."""
     for folder in out.parent.glob(f"{out.name}.tmp-*"):
         pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
 
