@@ -34,6 +34,9 @@ LAUNCHER_PID_ENV = "MMPT_LITE_LAUNCHER_PID"  # set by the launcher for the proce
 RUN_DIR_ENV = "MMPT_LITE_RUN_DIR"            # the run folder, so a process of a run can be found from outside
 LOCK_HELD_ENV = "MMPT_LITE_RUN_LOCKED"       # the run folder whose .run.lock an ancestor already holds
 _PR_SET_PDEATHSIG = 1
+# About when this process started (ranks import this module first): a stop request made later, while the
+# process was still starting up, is not taken for a stale one.
+PROCESS_STARTED = time.time()
 
 
 class RunFolderBusy(RuntimeError):

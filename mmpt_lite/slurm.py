@@ -6,9 +6,10 @@ One job = ``launch.nodes`` nodes × one srun task per node; each task is a torch
 allocation's first node. The submitting process prepares the inputs (corpus, shards, vocabulary) before
 ``sbatch``, so ranks on every node only read them.
 
-Preemption: the script asks for USR1 ``launch.signal_seconds`` before the time limit; its trap sends SIGTERM
-to the job's steps (every rank and torchrun agent); the ranks finish their optimizer step, checkpoint, rank 0
-writes ``<train.output_dir>/preempted.json`` and they exit; the script then requeues the job, whose next
+Preemption: the script asks for USR1 ``launch.signal_seconds`` before the time limit; its trap touches
+``<train.output_dir>/stop_requested``, which rank 0 reads at every step boundary; the ranks finish their
+optimizer step, checkpoint, rank 0 writes ``<train.output_dir>/preempted.json`` and they exit 0 (a SIGTERM
+from ``scancel`` or the time limit works too, with torchrun's own complaint in the log); the script then requeues the job, whose next
 start resumes from that checkpoint (``train.resume: auto``). Without sbatch on this machine the script is
 written and the command to submit it printed.
 """
@@ -29,7 +30,7 @@ from typing import TextIO
 from mmpt_lite.config import ConfigError, RunConfig, dump_config, resolve_path, save_config
 from mmpt_lite.config.sections import LaunchConfig
 from mmpt_lite.fileio import atomic_write_text
-from mmpt_lite.train.preemption import MARKER, PREEMPTED_EXIT
+from mmpt_lite.train.preemption import MARKER, PREEMPTED_EXIT, STOP_FILE
 
 TRAIN_MODULE = "mmpt_lite.train.main"
 # Job states after which slurm starts nothing more for the job (squeue(1) "JOB STATE CODES").
@@ -117,9 +118,10 @@ def render_sbatch(cfg: RunConfig, config_path: Path, workdir: Path) -> str:
                 *torchrun_rendezvous_args("$SLURM_NNODES", nproc, '"$MASTER_ADDR:$MASTER_PORT"', "$SLURM_JOB_ID"),
                 "-m", TRAIN_MODULE, shlex.quote(str(config_path))]
     marker = shlex.quote(str(run_dir / MARKER))
+    stop_file = shlex.quote(str(run_dir / STOP_FILE))
     stopped = [
-        f"if [ -f {marker} ]; then  # the ranks stopped at a checkpoint on a signal (torchrun then exits 1)",
-        f'  echo "mmpt_lite: ranks stopped on a signal: $(cat {marker}) (torchrun reports it as a SignalException)"',
+        f"if [ -f {marker} ]; then  # the ranks stopped at a checkpoint (the stop file, or a signal)",
+        f'  echo "mmpt_lite: ranks stopped on request: $(cat {marker})"',
         *(['  echo "mmpt_lite: requeueing job $SLURM_JOB_ID to resume from that checkpoint"',
            '  scontrol requeue "$SLURM_JOB_ID" && exit 0'] if lc.requeue else []),
         '  echo "mmpt_lite: not requeued; submit this script again to resume from that checkpoint"',
@@ -133,7 +135,7 @@ def render_sbatch(cfg: RunConfig, config_path: Path, workdir: Path) -> str:
         f"cd {shlex.quote(str(workdir))}",
         f'echo "mmpt_lite: job $SLURM_JOB_ID start ${{SLURM_RESTART_COUNT:-0}} on $SLURM_JOB_NODELIST, '
         f'run folder {run_dir}"',
-        f"rm -f {marker}  # consumed: a marker left now is from this start's ranks",
+        f"rm -f {marker} {stop_file}  # consumed: a marker or request left now is from this start",
         "# Rendezvous on the first node of the allocation.",
         'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         f"export MASTER_PORT={port}",
@@ -141,9 +143,10 @@ def render_sbatch(cfg: RunConfig, config_path: Path, workdir: Path) -> str:
         # torchrun forwards SIGTERM to its ranks, then waits this long before SIGKILL.
         f"export TORCH_ELASTIC_SHUTDOWN_TIMEOUT={max(30, lc.signal_seconds)}",
         "",
-        "# USR1 (launch.signal_seconds before the time limit, or scancel --signal=USR1 --batch): SIGTERM to",
-        "# every process of the job's steps; the ranks finish their step, checkpoint and stop.",
-        'on_usr1() { echo "mmpt_lite: USR1: stopping the ranks at a checkpoint"; scancel --signal=TERM "$SLURM_JOB_ID"; }',
+        "# USR1 (launch.signal_seconds before the time limit, or scancel --signal=USR1 --batch): the stop file,",
+        "# which rank 0 reads at every step; the ranks finish their step, checkpoint and stop, and torchrun ends",
+        "# quietly (no signal reaches it).",
+        f'on_usr1() {{ echo "mmpt_lite: USR1: stopping the ranks at a checkpoint"; touch {stop_file}; }}',
         "trap on_usr1 USR1",
         # srun runs in the background so the trap runs at once (bash defers traps during a foreground command);
         # since slurm 22.05 srun does not inherit --cpus-per-task from sbatch.

@@ -26,7 +26,7 @@ from mmpt_lite.config import ConfigError, RunConfig, load_config, resolve_path, 
 from mmpt_lite.data.loader import TrainLoader
 from mmpt_lite.fileio import FileIntegrityError
 from mmpt_lite.train.logging import setup_logging
-from mmpt_lite.train.preemption import PREEMPTED_EXIT, Preempted, StopRequests, clear_marker
+from mmpt_lite.train.preemption import PREEMPTED_EXIT, STOP_FILE, Preempted, StopRequests, clear_marker
 from mmpt_lite.train.tasks import get_task
 from mmpt_lite.train.trainer import NonFiniteLossError, Trainer
 
@@ -57,11 +57,11 @@ def print_final_table(init: dict | None, final: dict | None, out_dir: Path) -> N
 
 
 def run(cfg: RunConfig) -> int:
-    stop = StopRequests()  # before the process group: a signal during start-up is acted on at step one
+    out_dir = resolve_path(cfg.train.output_dir)
+    stop = StopRequests(out_dir / STOP_FILE)  # before the process group: a signal in start-up is acted on at step one
     device = pick_device(cfg.train.device)
     info = mdist.init_distributed(device)
     setup_logging(info.rank)
-    out_dir = resolve_path(cfg.train.output_dir)
     try:
         task = get_task(cfg.train.task)
         # Rank 0 builds anything missing (corpus, shards, word vectors); the others wait, then resolve.
@@ -90,7 +90,7 @@ def run(cfg: RunConfig) -> int:
                           eval_fn=parts.eval_fn, flops_per_video=parts.flops_per_video, stop=stop)
         resumed = trainer.maybe_resume()
         if info.is_main:
-            clear_marker(out_dir)  # this run continues from wherever a stop left it
+            clear_marker(out_dir, lifetime.PROCESS_STARTED)  # this run continues from wherever a stop left it
         init_path = out_dir / "eval_init.json"
         if not resumed and trainer.eval_fn is not None:  # the same architecture at its random initialisation
             init = trainer.evaluate()
