@@ -78,7 +78,7 @@ def describe_run(cfg: RunConfig, jobtype: str) -> str:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="locallaunch.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])  # prog: locallaunch.py or "mmpt-lite train"
     p.add_argument("config", help="run config YAML (projects/*.yaml)")
     p.add_argument("--jobtype", choices=JOB_TYPES, default="local_single")
     p.add_argument("--dryrun", action="store_true", help="print the command/script and resolved config; launch nothing")
