@@ -169,7 +169,7 @@ def test_serve_command_prints_its_address_serves_and_stops_on_ctrl_c(app):
         assert reply.status == 200 and json.loads(reply.read())["results"][0]["file"] == relative_name("blue")
         connection.close()
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

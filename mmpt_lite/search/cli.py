@@ -11,7 +11,9 @@ checkpoints or indexes end with one line on stderr and status 2.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from mmpt_lite.checkpoint import CheckpointFormatError
@@ -257,11 +259,16 @@ def serve_main(argv: list[str] | None = None) -> int:
               "indexed videos", file=sys.stderr)
     print(f"serving {folder} ({len(index.files)} files, {index.num_windows} windows) at http://{shown}:{port}/ "
           "(Ctrl-C to stop)", flush=True)
+    def stop(_signum, _frame):
+        # shutdown() waits for serve_forever's loop to notice, so it must run outside the loop's thread
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}  # Ctrl-C, kill
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.server_close()
     return 0
 
